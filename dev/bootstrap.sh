@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install what the test suite needs on a fresh Debian/Ubuntu machine:
+# system tools for the namespace lab (as root), then a virtualenv in .venv
+# with etpmitm and its test extra. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends \
+        iproute2 iptables nftables procps psmisc \
+        openssl curl ca-certificates wrk nghttp2-client >/dev/null
+fi
+
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q '.[test]'

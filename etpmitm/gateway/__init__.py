@@ -1,0 +1,1 @@
+"""Twisted glue: intake, origin connection, device-side TLS and the relay."""

@@ -1,0 +1,112 @@
+"""TLSMemoryBIOProtocol with half-close, as a relay needs it.
+
+Twisted's TLS wrapper answers a peer's close_notify by closing the whole
+connection.  A relay must instead pass each direction's end on separately
+(RFC 8446 section 6.1): a close_notify received ends only the read side, and
+``loseWriteConnection`` sends close_notify then FIN while reading goes on.
+A bare FIN (no close_notify) is reported too, so that a relay can mirror a
+truncation instead of turning it into a clean close.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+_READ_SIZE = 2**16
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfCloseableTLS(TLSMemoryBIOProtocol):
+    """TLS transport whose directions close independently.
+
+    The wrapped protocol must provide ``IHalfCloseableProtocol``; it is told
+    ``readConnectionLost()`` when the peer ends its direction, and can check
+    ``closeNotifyReceived`` to tell a clean end from a truncation.
+    """
+
+    closeNotifyReceived = False
+    closesWhenBothEnd = True  # no need for the relay to close it
+    _readClosed = False
+    _writeClosed = False
+
+    def _flushReceiveBIO(self) -> None:
+        while not self._lostTLSConnection and not self._readClosed:
+            try:
+                data = self._tlsConnection.recv(_READ_SIZE)
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                self.closeNotifyReceived = True
+                self._endOfInput()
+            except Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, data)
+        # Closing a TCP connection whose write side is already shut calls
+        # connectionLost at once, which drops the TLS connection.
+        if self._tlsConnection is not None:
+            self._flushSendBIO()
+
+    def readConnectionLost(self) -> None:
+        """The underlying TCP connection got a FIN."""
+        if self._readClosed or self._lostTLSConnection:
+            return
+        if not self._handshakeDone:
+            self._tlsShutdownFinished(None)
+            return
+        # Every record that arrived was decrypted in dataReceived, so no
+        # close_notify came first: this FIN is a truncation.
+        self._endOfInput()
+
+    def writeConnectionLost(self) -> None:
+        """The underlying TCP write side finished closing."""
+
+    def _endOfInput(self) -> None:
+        self._readClosed = True
+        wrapped = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if wrapped is None:
+            self._shutdownTLS()
+            self._tlsShutdownFinished(None)
+            return
+        wrapped.readConnectionLost()
+        if self._writeClosed:
+            self._tcp().loseConnection()
+
+    def loseWriteConnection(self, closeNotify: bool = True) -> None:
+        """End our direction: close_notify (unless mirroring a truncation), then FIN."""
+        if self._writeClosed or self._lostTLSConnection or self.disconnecting:
+            return
+        if not self._handshakeDone or self._appSendBuffer:
+            self.loseConnection()
+            return
+        self._writeClosed = True
+        if closeNotify:
+            try:
+                self._tlsConnection.shutdown()
+            except Error:
+                pass
+            self._flushSendBIO()
+        if self._readClosed:
+            self._tcp().loseConnection()
+        else:
+            self._tcp().loseWriteConnection()
+
+    def _tcp(self) -> ITCPTransport:
+        return cast(ITCPTransport, self.transport)
+
+
+def halfCloseableTLSFactory(
+    creator: object, isClient: bool, wrappedFactory: object
+) -> TLSMemoryBIOFactory:
+    """A ``TLSMemoryBIOFactory`` whose protocols are :class:`HalfCloseableTLS`."""
+    factory = TLSMemoryBIOFactory(creator, isClient, wrappedFactory)  # type: ignore[arg-type]
+    factory.protocol = HalfCloseableTLS
+    return factory

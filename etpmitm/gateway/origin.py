@@ -1,0 +1,98 @@
+"""Connect to the origin: plain TCP for splicing, TLS for interception."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import attrs
+from OpenSSL import SSL
+from twisted.internet import error
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IProtocol, IReactorTCP, IStreamClientEndpoint
+from twisted.python.failure import Failure
+
+from etpmitm.gateway.ends import TLSEnd, oneProtocol
+from etpmitm.gateway.halfclosetls import HalfCloseableTLS, halfCloseableTLSFactory
+from etpmitm.gateway.origdst import Destination
+from etpmitm.gateway.relay import RelayEnd
+from etpmitm.gateway.sslerrors import sslReason
+from etpmitm.gateway.upstream import OriginTLSCreator, VerificationRecord
+
+
+@attrs.frozen
+class OriginSession:
+    """A finished TLS handshake with the origin, not yet relaying."""
+
+    end: TLSEnd
+    tls: HalfCloseableTLS
+    record: VerificationRecord
+
+    @property
+    def connection(self) -> SSL.Connection:
+        return cast(SSL.Connection, self.tls.getHandle())
+
+
+def _endpoint(reactor: IReactorTCP, dst: Destination, timeout: float) -> IStreamClientEndpoint:
+    kind = TCP6ClientEndpoint if dst.ip.version == 6 else TCP4ClientEndpoint
+    return kind(reactor, str(dst.ip), dst.port, timeout=timeout)
+
+
+def connectPlain(
+    reactor: IReactorTCP, dst: Destination, end: RelayEnd, timeout: float
+) -> Deferred[IProtocol]:
+    """Open a TCP connection to ``dst`` driving ``end``."""
+    return _endpoint(reactor, dst, timeout).connect(oneProtocol(end))
+
+
+def connectTLS(
+    reactor: IReactorTCP,
+    dst: Destination,
+    context: SSL.Context,
+    sni: str | None,
+    alpn: tuple[bytes, ...],
+    timeout: float,
+) -> Deferred[OriginSession]:
+    """TLS to ``dst`` with the device's SNI and ALPN offer.
+
+    Fires once the handshake is done, whether or not the origin's
+    certificate verified; the caller judges it.  Fails with a
+    :class:`OriginError` that says why when there is no handshake.
+    """
+    end = TLSEnd("origin")
+    creator = OriginTLSCreator(context, sni, alpn)
+    factory = halfCloseableTLSFactory(creator, True, oneProtocol(end))
+    connecting = _endpoint(reactor, dst, timeout).connect(factory)
+
+    def connected(tls: IProtocol) -> Deferred[OriginSession]:
+        return end.handshake.addCallback(
+            lambda _: OriginSession(end, cast(HalfCloseableTLS, tls), creator.record)
+        )
+
+    d = connecting.addCallback(connected)
+    d.addErrback(_explain)
+    return d
+
+
+class OriginError(Exception):
+    """The origin could not be reached or did not complete a TLS handshake."""
+
+
+def _explain(failure: Failure) -> Failure:
+    value = failure.value
+    if isinstance(value, error.ConnectionRefusedError):
+        reason = "origin refused the connection"
+    elif isinstance(value, (error.TimeoutError, error.UserError)) or "timeout" in type(value).__name__.lower():
+        reason = "origin connection timed out"
+    elif isinstance(value, (error.NoRouteError, error.ConnectError)):
+        reason = f"origin unreachable: {value}"
+    elif isinstance(value, SSL.Error):
+        reason = f"origin TLS handshake failed: {sslReason(failure)}"
+    elif isinstance(value, error.ConnectionDone):
+        reason = "origin closed the connection during the TLS handshake"
+    elif isinstance(value, error.ConnectionLost):
+        reason = "origin reset the connection during the TLS handshake"
+    else:
+        reason = f"origin connection failed: {value}"
+    return Failure(OriginError(reason))
+

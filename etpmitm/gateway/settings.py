@@ -1,0 +1,34 @@
+"""Everything a gateway connection needs, built once by the service."""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol, Sequence
+
+import attrs
+from cryptography import x509
+from OpenSSL import SSL
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+
+from etpmitm.gateway.origdst import Destination, transportDestination
+from etpmitm.interfaces import IFlowObserver
+from etpmitm.mint import LeafName
+
+
+class LeafContexts(Protocol):
+    """Hands out ready device-side contexts for a set of names."""
+
+    def contextFor(self, names: Sequence[LeafName], mimic: x509.Certificate | None) -> SSL.Context:
+        ...
+
+
+@attrs.frozen
+class GatewaySettings:
+    reactor: IReactorTCP
+    clock: IReactorTime
+    upstream: SSL.Context
+    leaves: LeafContexts
+    handshakeTimeout: float = 10.0
+    connectTimeout: float = 10.0
+    idleTimeout: float = 300.0
+    observers: Callable[[], tuple[IFlowObserver, ...]] = tuple
+    originalDestination: Callable[[object], Destination] = transportDestination

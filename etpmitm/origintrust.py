@@ -1,0 +1,81 @@
+"""Judge an origin's certificate from what the TLS handshake reported.
+
+Sans-IO: the glue records OpenSSL's chain-verification errors and the
+host-name check; this module turns them into a verdict with a reason that an
+operator (and, later, a block page) can show.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+# X509_V_ERR_* codes from openssl/x509_vfy.h, with the kind of failure each
+# stands for.  Kinds are stable identifiers for logs and policy.
+_CHAIN_ERRORS: dict[int, tuple[str, str]] = {
+    2: ("unknown-issuer", "unable to get issuer certificate"),
+    4: ("bad-signature", "unable to decrypt certificate signature"),
+    7: ("bad-signature", "certificate signature failure"),
+    9: ("not-yet-valid", "certificate is not yet valid"),
+    10: ("expired", "certificate has expired"),
+    13: ("malformed", "format error in certificate's notBefore field"),
+    14: ("malformed", "format error in certificate's notAfter field"),
+    18: ("self-signed", "self-signed certificate"),
+    19: ("unknown-root", "self-signed certificate in chain (untrusted root)"),
+    20: ("unknown-issuer", "unable to get local issuer certificate (unknown root or incomplete chain)"),
+    21: ("incomplete-chain", "unable to verify the first certificate (incomplete chain)"),
+    22: ("chain-too-long", "certificate chain too long"),
+    23: ("revoked", "certificate revoked"),
+    24: ("invalid-ca", "invalid CA certificate"),
+    25: ("path-length", "path length constraint exceeded"),
+    26: ("invalid-purpose", "unsupported certificate purpose"),
+    27: ("untrusted", "certificate not trusted"),
+    28: ("rejected", "certificate rejected"),
+    47: ("name-constraints", "permitted subtree violation"),
+    68: ("weak-key", "key too weak for the security level"),
+    69: ("weak-signature", "signature algorithm too weak for the security level"),
+}
+
+
+_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
+
+
+@attrs.frozen
+class ChainError:
+    """One failure OpenSSL reported while verifying the origin's chain."""
+
+    depth: int
+    code: int
+
+    @property
+    def kind(self) -> str:
+        if self.code == _UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+            # The leaf's issuer is missing: the origin left out its
+            # intermediate.  Higher up, the chain ends at an unknown CA.
+            return "incomplete-chain" if self.depth == 0 else "unknown-root"
+        return _CHAIN_ERRORS.get(self.code, ("chain-error", ""))[0]
+
+    def describe(self) -> str:
+        text = _CHAIN_ERRORS.get(self.code, ("", f"verify error {self.code}"))[1]
+        return f"{text} (depth {self.depth})"
+
+
+@attrs.frozen
+class OriginVerdict:
+    """Whether the origin proved its identity, and if not, why."""
+
+    trusted: bool
+    kind: str = "ok"
+    reason: str = "verified"
+
+
+TRUSTED = OriginVerdict(True)
+
+
+def judge(chain_errors: list[ChainError], name_error: str | None) -> OriginVerdict:
+    """Chain errors take precedence (the first reported is the most telling)."""
+    if chain_errors:
+        first = chain_errors[0]
+        return OriginVerdict(False, first.kind, first.describe())
+    if name_error is not None:
+        return OriginVerdict(False, "wrong-host", name_error)
+    return TRUSTED

@@ -1,0 +1,173 @@
+"""twistd wiring: ``twistd etpmitm`` options and the service they build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.logger import Logger
+from twisted.python import usage
+
+from etpmitm.ca.directory import CertificateAuthority, LeafKeyKind, load_ca
+from etpmitm.ca.errors import CAError
+from etpmitm.ca.leafkeys import load_or_create_leaf_key
+from etpmitm.ca.ownroot import init_own_root
+from etpmitm.defaults import DEFAULT_LISTEN, data_directory, default_ca_directory
+from etpmitm.gateway.decide import decide
+from etpmitm.gateway.devicetls import CachedLeafContexts
+from etpmitm.gateway.intake import IntakeFactory
+from etpmitm.gateway.settings import GatewaySettings
+from etpmitm.keyfiles import KeyFileError, read_passphrase_file
+from etpmitm.gateway.upstream import TrustStoreError, system_bundle, upstream_context
+
+log = Logger()
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError(f"must be a positive number of seconds, not {value}")
+    return number
+
+
+class Options(usage.Options):
+    """Options for ``twistd etpmitm``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Transparent TLS inspection gateway. Receives TCP connections that "
+        "iptables/nftables REDIRECTed to it, intercepts TLS with certificates "
+        "minted by the CA in --ca-dir, and relays to the original destination."
+    )
+
+    optParameters: list[Any] = [
+        ["ca-dir", None, None, f"CA directory (default: {default_ca_directory()}; an own-root CA is made there on first start)"],
+        ["upstream-trust", None, "system", "CAs trusted for origins: 'system' or a PEM bundle file"],
+        ["handshake-timeout", None, 10.0, "Seconds for the ClientHello and both TLS handshakes", _positive],
+        ["connect-timeout", None, 10.0, "Seconds to connect to the origin", _positive],
+        ["idle-timeout", None, 300.0, "Seconds without traffic before a relayed connection is closed", _positive],
+        ["leaf-key", None, "ecdsa", "Leaf key type: ecdsa (P-256) or rsa (2048)"],
+        ["leaf-cache", None, 4096, "How many minted leaves (and their TLS contexts) to keep", int],
+        ["passphrase-file", None, None, "File holding the passphrase of the keys at rest"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to listen on (strports syntax; repeatable; default tcp:8443)."""
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        if self["leaf-key"] not in ("ecdsa", "rsa"):
+            raise usage.UsageError("--leaf-key must be ecdsa or rsa")
+        if self["leaf-cache"] < 1:
+            raise usage.UsageError("--leaf-cache must be at least 1")
+
+
+class StartupError(SystemExit):
+    """Start-up cannot go on; the message is the one line the operator sees."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"etpmitm: error: {message}")
+
+
+def _passphrase(options: Options) -> bytes | None:
+    if options["passphrase-file"] is None:
+        return None
+    try:
+        return read_passphrase_file(Path(options["passphrase-file"]))
+    except KeyFileError as e:
+        raise StartupError(str(e)) from None
+
+
+def _certificateAuthority(options: Options, passphrase: bytes | None) -> tuple[Path, CertificateAuthority]:
+    explicit = options["ca-dir"] is not None
+    directory = Path(options["ca-dir"]) if explicit else default_ca_directory()
+    try:
+        if not explicit and not (directory / "ca.pem").exists():
+            data_directory().mkdir(mode=0o700, parents=True, exist_ok=True)
+            ca = init_own_root(directory, passphrase=passphrase)
+            log.warn(
+                "Created an own-root CA in {directory}; install {root} on devices",
+                directory=str(directory),
+                root=str(directory / "root.pem"),
+            )
+            return directory, ca
+        return directory, load_ca(directory, passphrase)
+    except (CAError, OSError) as e:
+        raise StartupError(f"cannot use CA directory {directory}: {e}") from None
+
+
+class GatewayService(MultiService):
+    """The listeners; failing to listen ends start-up with one line."""
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise StartupError(f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}") from None
+
+
+def _trustBundle(option: str) -> Path:
+    if option == "system":
+        return system_bundle()
+    bundle = Path(option)
+    try:
+        bundle.read_bytes()
+    except OSError as e:
+        raise TrustStoreError(f"cannot read --upstream-trust {bundle}: {e.strerror}") from None
+    return bundle
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    passphrase = _passphrase(options)
+    directory, ca = _certificateAuthority(options, passphrase)
+    kind = cast(LeafKeyKind, options["leaf-key"])
+    try:
+        leafKey = load_or_create_leaf_key(directory, kind, passphrase)
+        bundle = _trustBundle(options["upstream-trust"])
+        upstream = upstream_context(bundle)
+    except (CAError, TrustStoreError) as e:
+        raise StartupError(str(e)) from None
+
+    settings = GatewaySettings(
+        reactor=cast(IReactorTCP, reactor),
+        clock=cast(IReactorTime, reactor),
+        upstream=upstream,
+        leaves=CachedLeafContexts(ca, leafKey, options["leaf-cache"]),
+        handshakeTimeout=options["handshake-timeout"],
+        connectTimeout=options["connect-timeout"],
+        idleTimeout=options["idle-timeout"],
+    )
+    factory = IntakeFactory(settings, decide)
+    top = GatewayService()
+    for description in options["listen"]:
+        try:
+            strports.service(description, factory).setServiceParent(top)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StartupError(f"bad --listen {description!r}: {e}") from None
+
+    subject = ca.certificate.subject.rfc4514_string()
+    log.info(
+        "etpmitm: listen on {listen}; sign with {subject} from {directory}; "
+        "verify origins against {bundle}",
+        listen=", ".join(options["listen"]),
+        subject=subject,
+        directory=str(directory),
+        bundle=str(bundle),
+    )
+    log.info(
+        "Send traffic here with: iptables -t nat -A PREROUTING -i <lan-if> -p tcp --dport 443 "
+        "-j REDIRECT --to-ports <port>  (see deploy/iptables.sh)"
+    )
+    return top

@@ -1,0 +1,143 @@
+"""A running gateway in the namespace lab, with lab origins behind it.
+
+Shared by the end-to-end test modules: one lab and one ``twistd -n etpmitm``
+per test class (building them costs seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tests import pki
+from tests.lab import REPO, Lab, start_origin
+
+TWISTD = Path(sys.executable).parent / "twistd"
+TLS_CLIENT = Path(__file__).resolve().parent / "tls_client.py"
+GATEWAY_PORT = 8443
+
+
+def gateway_env() -> dict[str, str]:
+    """Run the gateway from this source tree."""
+    return {"PYTHONPATH": str(REPO)}
+
+
+class GatewayLab:
+    """A lab with the shipped redirect rules, a gateway, and a public test PKI."""
+
+    def __init__(self, dports: Sequence[int], backend: str = "iptables") -> None:
+        self.lab = Lab()
+        self.lab.start()
+        try:
+            self.lab.apply_rules(GATEWAY_PORT, backend, dports=dports)  # type: ignore[arg-type]
+            self.public = pki.Authority("Public Test")
+            self.trust = self.lab.workdir / "upstream-trust.pem"
+            self.trust.write_bytes(pki.pem(self.public.root))
+            self.ca_dir = self.lab.workdir / "ca"
+        except BaseException:
+            self.lab.close()
+            raise
+        self.gateway: subprocess.Popen[bytes] | None = None
+        self._origins = 0
+
+    @property
+    def root(self) -> Path:
+        """The gateway's root, which lab clients trust."""
+        return self.ca_dir / "root.pem"
+
+    def start_gateway(self, *extra: str) -> subprocess.Popen[bytes]:
+        subprocess.run(
+            [Path(sys.executable).parent / "etpmitm", "ca", "init", "--dir", self.ca_dir],
+            check=True, capture_output=True, env={**os.environ, **gateway_env()},
+        )
+        argv = [
+            TWISTD, "-n", "--pidfile=", "etpmitm",
+            "--ca-dir", self.ca_dir,
+            "--upstream-trust", self.trust,
+            "--listen", f"tcp6:{GATEWAY_PORT}:interface=\\:\\:",
+            *extra,
+        ]
+        self.gateway = self.lab.gateway.popen(argv, env=gateway_env(), cwd=self.lab.workdir)
+        self.lab.gateway.wait_for_port(GATEWAY_PORT, proc=self.gateway, timeout=30)
+        return self.gateway
+
+    def origin(
+        self,
+        port: int,
+        chain: Sequence[Any],
+        key: Any,
+        *,
+        alpn: Sequence[str] = ("h2", "http/1.1"),
+        extra: Sequence[str] = (),
+    ) -> None:
+        """Serve ``chain`` (leaf first) on ``port`` in the origin namespace."""
+        self._origins += 1
+        cert_path, key_path = pki.write_pair(self.lab.workdir, f"origin{self._origins}", chain, key)
+        start_origin(self.lab, cert_path, key_path, port=port, alpn=alpn, extra_args=extra)
+
+    def log(self) -> str:
+        assert self.gateway is not None
+        return self.lab.log(self.gateway)
+
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> str:
+        """Wait until the gateway's log holds ``text``; return the matching line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log().splitlines():
+                if text in line:
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gateway log has no {text!r}:\n{self.log()[-4000:]}")
+            time.sleep(0.1)
+
+    def curl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """curl in the client namespace, trusting only the gateway's root."""
+        argv = ["curl", "-sS", "--max-time", str(int(timeout)), "--cacert", str(self.root), *args]
+        return self.lab.client.run(argv, check=False, timeout=timeout + 10)
+
+    def shell(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.lab.client.run(["bash", "-o", "pipefail", "-c", command], check=False, timeout=timeout)
+
+    def python_client(self, *args: str, timeout: float = 120) -> dict[str, Any]:
+        argv = [sys.executable, str(TLS_CLIENT), "--cafile", str(self.root), *args]
+        done = self.lab.client.run(argv, check=False, timeout=timeout)
+        try:
+            result: dict[str, Any] = json.loads(done.stdout)
+        except json.JSONDecodeError:
+            raise AssertionError(f"tls_client printed {done.stdout!r}, stderr {done.stderr!r}") from None
+        return result
+
+    def close(self) -> None:
+        self.lab.close()
+
+
+def quoted(*parts: object) -> str:
+    return " ".join(shlex.quote(str(p)) for p in parts)
+
+
+_shared: dict[str, GatewayLab | BaseException] = {}
+
+
+def shared_lab(key: str, build: Callable[[], GatewayLab]) -> GatewayLab:
+    """One lab per test module, built on first use.
+
+    trial has no per-class fixtures; the lab module's exit hook tears the
+    namespaces down when the test run ends.  A build that failed is not
+    retried: every test that needs it reports the same error.
+    """
+    if key not in _shared:
+        try:
+            _shared[key] = build()
+        except BaseException as e:
+            _shared[key] = e
+    found = _shared[key]
+    if isinstance(found, BaseException):
+        raise found
+    return found
