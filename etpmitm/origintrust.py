@@ -31,8 +31,9 @@ _CHAIN_ERRORS: dict[int, tuple[str, str]] = {
     27: ("untrusted", "certificate not trusted"),
     28: ("rejected", "certificate rejected"),
     47: ("name-constraints", "permitted subtree violation"),
-    68: ("weak-key", "key too weak for the security level"),
-    69: ("weak-signature", "signature algorithm too weak for the security level"),
+    66: ("weak-key", "end-entity key too small"),
+    67: ("weak-key", "CA key too small"),
+    68: ("weak-signature", "CA signature digest algorithm too weak"),
 }
 
 

@@ -23,7 +23,7 @@ ORIGIN = Lab.origin_ip
 ORIGIN6 = Lab.origin_ip6
 
 # Origin ports, all redirected by the shipped rules.
-GOOD, RSA, MULTI, HTTP1, PLAIN, DOWN, RESET = 443, 4431, 4432, 4433, 4441, 4440, 4442
+GOOD, RSA, MULTI, HTTP1, PLAIN, DOWN, RESET, SILENT = 443, 4431, 4432, 4433, 4441, 4440, 4442, 4443
 BAD = {  # port: (kind in the log, how the origin's certificate is bad)
     4434: "expired",
     4436: "self-signed",
@@ -49,7 +49,7 @@ def sha256_pattern(n: int) -> str:
 
 def build_lab() -> GatewayLab:
     """One lab for this module: every kind of origin, then the gateway."""
-    env = GatewayLab(dports=[GOOD, RSA, MULTI, HTTP1, PLAIN, DOWN, RESET, *BAD])
+    env = GatewayLab(dports=[GOOD, RSA, MULTI, HTTP1, PLAIN, DOWN, RESET, SILENT, *BAD])
     try:
         public, other = env.public, pki.Authority("Unknown Test")
         ips = [ORIGIN, ORIGIN6]
@@ -74,7 +74,9 @@ def build_lab() -> GatewayLab:
         env.origin(4439, [cert], key)
         env.lab.origin.popen(["python3", "-c", RESETTING_ORIGIN.format(port=RESET)])
         env.lab.origin.wait_for_port(RESET)
-        env.start_gateway("--handshake-timeout", "5", "--connect-timeout", "5")
+        # An origin that never answers: its SYNs are dropped.
+        env.lab.origin.run(["iptables", "-A", "INPUT", "-p", "tcp", "--dport", str(SILENT), "-j", "DROP"])
+        env.start_gateway("--handshake-timeout", "5", "--connect-timeout", "3")
     except BaseException:
         env.close()
         raise
@@ -223,6 +225,13 @@ class GatewayEndToEndTests(TestCase):
         self.assertNotEqual(done.returncode, 0)
         line = self.env.wait_for_log(f"-> {ORIGIN}:{DOWN} sni=down.test")
         self.assertIn("origin refused the connection", line)
+        self.assertStillServing()
+
+    def test_originTimesOut(self) -> None:
+        done = self.env.curl(*self.resolve("silent.test", SILENT), f"https://silent.test:{SILENT}/")
+        self.assertNotEqual(done.returncode, 0)
+        line = self.env.wait_for_log(f"-> {ORIGIN}:{SILENT} sni=silent.test")
+        self.assertIn("origin connection timed out", line)
         self.assertStillServing()
 
     def test_originResets(self) -> None:
