@@ -1,7 +1,8 @@
 """The certificate authority toolkit: CA directories, own root, enterprise CSR, install, export.
 
 The gateway needs :func:`load_ca` (or :func:`init_own_root` on first start with
-no CA) and :func:`load_or_create_leaf_key`; the rest serves ``etpmitm ca``.
+no CA), :func:`load_or_create_leaf_key` and, to mimic origins that fail
+verification, :func:`load_or_create_untrusted_ca`; the rest serves ``etpmitm ca``.
 """
 
 from etpmitm.ca.build import CA_KEY_TYPES, CAKeyType
@@ -14,6 +15,7 @@ from etpmitm.ca.leafkeys import load_or_create_leaf_key
 from etpmitm.ca.ownroot import init_own_root
 from etpmitm.ca.show import describe_directory
 from etpmitm.ca.subject import SubjectSyntaxError, format_subject, parse_subject
+from etpmitm.ca.untrusted import load_or_create_untrusted_ca
 
 __all__ = [
     "CA_KEY_TYPES",
@@ -32,5 +34,6 @@ __all__ = [
     "install_signed",
     "load_ca",
     "load_or_create_leaf_key",
+    "load_or_create_untrusted_ca",
     "parse_subject",
 ]

@@ -73,8 +73,9 @@ def build_root(
     *,
     now: datetime.datetime | None = None,
     lifetime: datetime.timedelta = ROOT_LIFETIME,
+    path_length: int | None = None,
 ) -> x509.Certificate:
-    """A self-signed root: CA:TRUE (no path length limit), keyCertSign+cRLSign, SKI."""
+    """A self-signed root: CA:TRUE (pathlen ``path_length``; none by default), keyCertSign+cRLSign, SKI."""
     start = (now or utc_now()) - BACKDATE
     builder = (
         x509.CertificateBuilder()
@@ -86,7 +87,7 @@ def build_root(
         .not_valid_after(start + lifetime)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
-    for extension, critical in ca_constraints(path_length=None):
+    for extension, critical in ca_constraints(path_length=path_length):
         builder = builder.add_extension(extension, critical=critical)
     return builder.sign(key, signature_hash(key))
 

@@ -9,6 +9,7 @@ Layout (names are fixed; operators' scripts rely on them)::
     ca.csr          the intermediate's CSR (enterprise mode, until installed)
     leaf-ecdsa.key  the gateway's leaf keys (0600), made on first use
     leaf-rsa.key
+    untrusted/      the untrusted CA (see etpmitm.ca.untrusted; never exported)
 """
 
 from __future__ import annotations

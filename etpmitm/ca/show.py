@@ -14,6 +14,7 @@ from etpmitm.ca.directory import CAPaths, load_ca
 from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import LEAF_KEY_KINDS
 from etpmitm.ca.subject import format_subject
+from etpmitm.ca.untrusted import untrusted_certificate
 from etpmitm.keyfiles import KeyFileError, load_private_key
 
 _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
@@ -70,6 +71,9 @@ def describe_directory(
         lines += describe_certificate(read_certificates(paths.root_cert)[0], "root (root.pem)")
     else:
         lines.append("root: not known here (no root.pem)")
+    untrusted = untrusted_certificate(directory)
+    if untrusted is not None:
+        lines += describe_certificate(untrusted, "untrusted CA (untrusted/ca.pem; never exported, trusted by no device)")
     lines.append(f"leaf keys:  {_describe_leaf_keys(paths, passphrase)}")
     if paths.ca_cert.exists():
         lines.append(f"status:     {_status(directory, passphrase, now)}")
