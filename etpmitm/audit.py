@@ -11,7 +11,7 @@ log = Logger(namespace="etpmitm.audit")
 
 _FORMAT = (
     "{client} -> {destination} sni={sni} action={action} outcome={outcome} "
-    "reason={reason!r} alpn={alpn} up={bytes_up} down={bytes_down} "
+    "reason={reason!r} policy={policy!r} alpn={alpn} up={bytes_up} down={bytes_down} "
     "duration={duration:.3f}s"
 )
 
@@ -27,11 +27,12 @@ class ConnectionRecord:
     alpn_offered: tuple[str, ...] = ()
     ech: bool = False
     action: str = "pending"  # intercept | splice | refuse
-    outcome: str = "open"  # ok | error
+    outcome: str = "open"  # ok | refused (by policy) | error
     reason: str = ""
     alpn: str | None = None
     tls_version: str | None = None
     origin_verdict: str | None = None
+    policy: str | None = None  # why the policy chose the action
     bytes_up: int = 0
     bytes_down: int = 0
     duration: float = 0.0
@@ -42,6 +43,11 @@ class ConnectionRecord:
         if self.outcome != "error":
             self.outcome = "error"
             self.reason = reason
+
+    def refused(self, reason: str) -> None:
+        """The policy ended this connection on purpose."""
+        self.outcome = "refused"
+        self.reason = reason
 
     def fields(self) -> dict[str, Any]:
         return {

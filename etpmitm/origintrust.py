@@ -8,6 +8,10 @@ operator (and, later, a block page) can show.
 from __future__ import annotations
 
 import attrs
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 
 # X509_V_ERR_* codes from openssl/x509_vfy.h, with the kind of failure each
 # stands for.  Kinds are stable identifiers for logs and policy.
@@ -72,8 +76,40 @@ class OriginVerdict:
 TRUSTED = OriginVerdict(True)
 
 
-def judge(chain_errors: list[ChainError], name_error: str | None) -> OriginVerdict:
-    """Chain errors take precedence (the first reported is the most telling)."""
+MIN_RSA_BITS = 2048
+_WEAK_HASHES = (hashes.SHA1, hashes.MD5)
+
+
+def weak_crypto(chain: list[x509.Certificate]) -> OriginVerdict | None:
+    """A verdict against SHA-1/MD5 signatures or keys under 2048 bits, if any.
+
+    Self-signed certificates (trust anchors the origin sent along) are not
+    judged by their own signature, only by their key.
+    """
+    for depth, certificate in enumerate(chain):
+        key = certificate.public_key()
+        if isinstance(key, (rsa.RSAPublicKey, dsa.DSAPublicKey)) and key.key_size < MIN_RSA_BITS:
+            return OriginVerdict(False, "weak-key", f"{key.key_size}-bit key (depth {depth})")
+        if certificate.issuer == certificate.subject:
+            continue
+        try:
+            algorithm = certificate.signature_hash_algorithm
+        except UnsupportedAlgorithm:
+            continue
+        if isinstance(algorithm, _WEAK_HASHES):
+            return OriginVerdict(False, "weak-signature", f"signed with {algorithm.name.upper()} (depth {depth})")
+    return None
+
+
+def judge(
+    chain_errors: list[ChainError], name_error: str | None, chain: list[x509.Certificate] | None = None
+) -> OriginVerdict:
+    """Weak signatures or keys first (OpenSSL reports a SHA-1 signature it
+    will not check as a missing issuer), then chain errors (the first
+    reported is the most telling), then the name."""
+    weak = weak_crypto(chain or [])
+    if weak is not None:
+        return weak
     if chain_errors:
         first = chain_errors[0]
         return OriginVerdict(False, first.kind, first.describe())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,13 +17,16 @@ from etpmitm.ca.directory import CertificateAuthority, LeafKeyKind, load_ca
 from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import load_or_create_leaf_key
 from etpmitm.ca.ownroot import init_own_root
+from etpmitm.ca.untrusted import load_or_create_untrusted_ca
 from etpmitm.defaults import DEFAULT_LISTEN, data_directory, default_ca_directory
 from etpmitm.gateway.decide import decide
 from etpmitm.gateway.devicetls import CachedLeafContexts
 from etpmitm.gateway.intake import IntakeFactory
+from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.gateway.settings import GatewaySettings
-from etpmitm.keyfiles import KeyFileError, read_passphrase_file
 from etpmitm.gateway.upstream import TrustStoreError, system_bundle, upstream_context
+from etpmitm.keyfiles import KeyFileError, read_passphrase_file
+from etpmitm.policy import PolicyError
 
 log = Logger()
 
@@ -53,6 +57,7 @@ class Options(usage.Options):
         ["leaf-key", None, "ecdsa", "Leaf key type: ecdsa (P-256) or rsa (2048)"],
         ["leaf-cache", None, 4096, "How many minted leaves (and their TLS contexts) to keep", int],
         ["passphrase-file", None, None, "File holding the passphrase of the keys at rest"],
+        ["policy", None, None, "Policy file (TOML): rules, untrusted-origin action, learning; SIGHUP reloads it"],
     ]
 
     def __init__(self) -> None:
@@ -107,7 +112,23 @@ def _certificateAuthority(options: Options, passphrase: bytes | None) -> tuple[P
 
 
 class GatewayService(MultiService):
-    """The listeners; failing to listen ends start-up with one line."""
+    """The listeners; failing to listen ends start-up with one line.
+
+    SIGHUP reloads the policy file.
+    """
+
+    def __init__(self, policy: PolicyHolder) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def startService(self) -> None:
+        super().startService()
+        from twisted.internet import reactor
+
+        def onHangup(signum: int, frame: object) -> None:
+            reactor.callFromThread(self.policy.reload)  # type: ignore[attr-defined]
+
+        signal.signal(signal.SIGHUP, onHangup)
 
     def privilegedStartService(self) -> None:
         try:
@@ -137,7 +158,9 @@ def makeService(options: Options) -> IService:
         leafKey = load_or_create_leaf_key(directory, kind, passphrase)
         bundle = _trustBundle(options["upstream-trust"])
         upstream = upstream_context(bundle)
-    except (CAError, TrustStoreError) as e:
+        untrustedCA = load_or_create_untrusted_ca(directory, passphrase)
+        policy = PolicyHolder.load(Path(options["policy"]) if options["policy"] else None)
+    except (CAError, TrustStoreError, PolicyError) as e:
         raise StartupError(str(e)) from None
 
     settings = GatewaySettings(
@@ -145,12 +168,14 @@ def makeService(options: Options) -> IService:
         clock=cast(IReactorTime, reactor),
         upstream=upstream,
         leaves=CachedLeafContexts(ca, leafKey, options["leaf-cache"]),
+        untrustedLeaves=CachedLeafContexts(untrustedCA, leafKey, options["leaf-cache"]),
+        policy=policy,
         handshakeTimeout=options["handshake-timeout"],
         connectTimeout=options["connect-timeout"],
         idleTimeout=options["idle-timeout"],
     )
     factory = IntakeFactory(settings, decide)
-    top = GatewayService()
+    top = GatewayService(policy)
     for description in options["listen"]:
         try:
             strports.service(description, factory).setServiceParent(top)
@@ -160,11 +185,12 @@ def makeService(options: Options) -> IService:
     subject = ca.certificate.subject.rfc4514_string()
     log.info(
         "etpmitm: listen on {listen}; sign with {subject} from {directory}; "
-        "verify origins against {bundle}",
+        "verify origins against {bundle}; policy {policy}",
         listen=", ".join(options["listen"]),
         subject=subject,
         directory=str(directory),
         bundle=str(bundle),
+        policy=options["policy"] or "(built-in: intercept all, block untrusted origins)",
     )
     log.info(
         "Send traffic here with: iptables -t nat -A PREROUTING -i <lan-if> -p tcp --dport 443 "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ class GatewayLab:
             self.trust = self.lab.workdir / "upstream-trust.pem"
             self.trust.write_bytes(pki.pem(self.public.root))
             self.ca_dir = self.lab.workdir / "ca"
+            self.policy = self.lab.workdir / "policy.toml"
         except BaseException:
             self.lab.close()
             raise
@@ -82,9 +84,32 @@ class GatewayLab:
         cert_path, key_path = pki.write_pair(self.lab.workdir, f"origin{self._origins}", chain, key)
         start_origin(self.lab, cert_path, key_path, port=port, alpn=alpn, extra_args=extra)
 
+    def openssl_origin(self, port: int, chain: Sequence[Any], key: Any, *args: str) -> None:
+        """``openssl s_server -www`` on ``port``: for origins Python's ssl will not serve
+        (SHA-1, TLS 1.0), or that ask for client certificates."""
+        self._origins += 1
+        cert_path, key_path = pki.write_pair(self.lab.workdir, f"origin{self._origins}", chain, key)
+        argv = ["openssl", "s_server", "-accept", str(port), "-cert", str(cert_path),
+                "-key", str(key_path), "-www", "-quiet", *args]
+        proc = self.lab.origin.popen(argv)
+        self.lab.origin.wait_for_port(port, proc=proc)
+
     def log(self) -> str:
         assert self.gateway is not None
         return self.lab.log(self.gateway)
+
+    def set_policy(self, text: str, *, expect: str = "policy reloaded") -> str:
+        """Write the policy file, SIGHUP the gateway and wait for its log line."""
+        assert self.gateway is not None
+        before = self.log().count(expect)
+        self.policy.write_text(text)
+        os.kill(self.gateway.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while self.log().count(expect) <= before:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {expect!r} after SIGHUP:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+        return [line for line in self.log().splitlines() if expect in line][-1]
 
     def wait_for_log(self, text: str, timeout: float = 15.0) -> str:
         """Wait until the gateway's log holds ``text``; return the matching line."""

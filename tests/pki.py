@@ -125,3 +125,37 @@ def write_pair(
         )
     )
     return cert_path, key_path
+
+
+def issue_sha1(authority: Authority, dns: Sequence[str], workdir: Path) -> tuple[x509.Certificate, Key]:
+    """A leaf signed with SHA-1 by ``authority``'s intermediate.
+
+    cryptography refuses to make SHA-1 signatures, so the openssl command
+    does the signing, as a legacy CA would have.
+    """
+    import subprocess
+
+    key = _key("ecdsa")
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(dns[0]))
+        .sign(key, hashes.SHA256())
+    )
+    files = {
+        "leaf.csr": csr.public_bytes(serialization.Encoding.PEM),
+        "ca.pem": pem(authority.intermediate),
+        "ca.key": authority.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+        "ext.cnf": ("subjectAltName=" + ",".join(f"DNS:{d}" for d in dns) + "\n").encode(),
+    }
+    for name, data in files.items():
+        (workdir / f"sha1-{name}").write_bytes(data)
+    out = workdir / "sha1-leaf.pem"
+    subprocess.run(
+        ["openssl", "x509", "-req", "-sha1", "-days", "30",
+         "-in", workdir / "sha1-leaf.csr", "-CA", workdir / "sha1-ca.pem", "-CAkey", workdir / "sha1-ca.key",
+         "-CAcreateserial", "-extfile", workdir / "sha1-ext.cnf", "-out", out],
+        check=True, capture_output=True,
+    )
+    return x509.load_pem_x509_certificate(out.read_bytes()), key

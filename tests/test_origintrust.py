@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from etpmitm.origintrust import ChainError, judge
+from tests.pki import Authority, issue_sha1
 
 
 class JudgeTests(SynchronousTestCase):
@@ -38,3 +44,48 @@ class JudgeTests(SynchronousTestCase):
         verdict = judge([], "certificate does not match a.example")
         self.assertEqual((verdict.trusted, verdict.kind), (False, "wrong-host"))
         self.assertEqual(verdict.reason, "certificate does not match a.example")
+
+
+class WeakCryptoTests(SynchronousTestCase):
+    def test_sha1AndSmallKeys(self) -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, rsa
+        from cryptography.x509.oid import NameOID
+
+        def cert(key: object, signer: object, algorithm: hashes.HashAlgorithm, self_signed: bool = False) -> x509.Certificate:
+            now = datetime.datetime.now(datetime.timezone.utc)
+            subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")])
+            issuer = subject if self_signed else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])
+            return (
+                x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+                .public_key(key.public_key())  # type: ignore[attr-defined]
+                .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+                .sign(signer, algorithm)  # type: ignore[arg-type]
+            )
+
+        ca = rsa.generate_private_key(65537, 2048)
+        good = cert(ec.generate_private_key(ec.SECP256R1()), ca, hashes.SHA256())
+        self.assertTrue(judge([], None, [good]).trusted)
+        work = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, work)
+        sha1, _ = issue_sha1(Authority("Legacy"), ["legacy.example"], work)
+        verdict = judge([], None, [sha1])
+        self.assertEqual((verdict.trusted, verdict.kind), (False, "weak-signature"))
+        self.assertIn("SHA1", verdict.reason)
+        small = rsa.generate_private_key(65537, 1024)
+        verdict = judge([], None, [cert(small, ca, hashes.SHA256())])
+        self.assertEqual((verdict.kind, verdict.reason), ("weak-key", "1024-bit key (depth 0)"))
+        # A self-signed anchor is not judged by its own (irrelevant) signature.
+        anchor = x509.load_pem_x509_certificate(subprocess.run(
+            ["openssl", "req", "-x509", "-sha1", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(work / "anchor.key"), "-subj", "/CN=anchor", "-days", "1"],
+            check=True, capture_output=True).stdout)
+        self.assertTrue(judge([], None, [good, anchor]).trusted)
+        # Weak crypto comes first (OpenSSL may report a SHA-1 signature as a
+        # missing issuer), then chain errors, then the name.
+        self.assertEqual(judge([ChainError(0, 20)], "x", [sha1]).kind, "weak-signature")
+        self.assertEqual(judge([ChainError(0, 10)], "x", [good]).kind, "expired")
+        self.assertEqual(judge([], "wrong", [sha1]).kind, "weak-signature")

@@ -72,6 +72,15 @@ class StartupTests(TestCase):
             self.twistd("--ca-dir", str(directory), "--upstream-trust", str(garbage)), "cannot load trust bundle"
         )
 
+    def test_badPolicy(self) -> None:
+        """A bad policy file ends start-up with its line and the problem."""
+        directory = self.ca()
+        policy = self.work / "policy.toml"
+        policy.write_text('[origin]\nuntrusted = "block"\n\n[[rule]]\nmatch = ["*.bank.example"]\naction = "allow"\n')
+        self.assertOneLineError(self.twistd("--ca-dir", str(directory), "--policy", str(policy)), f"{policy}:6:", "allow")
+        self.assertOneLineError(self.twistd("--ca-dir", str(directory), "--policy", str(self.work / "none.toml")),
+                                "cannot read the policy")
+
     def test_badListen(self) -> None:
         directory = self.ca()
         self.assertOneLineError(self.twistd("--ca-dir", str(directory), "--listen", "bogus:1"), "bad --listen 'bogus:1'")

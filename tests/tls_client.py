@@ -64,8 +64,24 @@ def _read_all(sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, 
         incoming.write(data)
 
 
+def _issuer_cn(der: bytes | None) -> str | None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    if not der:
+        return None
+    names = x509.load_der_x509_certificate(der).issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
 def one_request(args: argparse.Namespace) -> dict[str, Any]:
     context = ssl.create_default_context(cafile=args.cafile)
+    if args.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if args.legacy:
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
     if args.alpn:
         context.set_alpn_protocols(args.alpn.split(","))
     if args.sni is None:
@@ -78,7 +94,8 @@ def one_request(args: argparse.Namespace) -> dict[str, Any]:
         sock.connect((args.host, args.port))
         _handshake(sock, tls, incoming, outgoing)
         cert = tls.getpeercert()
-        if args.sni is None:
+        der = tls.getpeercert(binary_form=True)
+        if args.sni is None and not args.insecure:
             sans = [ipaddress.ip_address(v.strip()) for k, v in cert.get("subjectAltName", ()) if k == "IP Address"]
             if ipaddress.ip_address(args.host) not in sans:
                 raise ssl.SSLCertVerificationError(f"{args.host} not in {sans}")
@@ -101,10 +118,12 @@ def one_request(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "alpn": tls.selected_alpn_protocol(),
         "version": tls.version(),
-        "issuer": dict(x[0] for x in cert["issuer"]),
-        "subject": dict(x[0] for x in cert["subject"]),
-        "san": [list(x) for x in cert.get("subjectAltName", ())],
+        "issuer": dict(x[0] for x in cert["issuer"]) if cert else {},
+        "issuer_cn": _issuer_cn(der),
+        "subject": dict(x[0] for x in cert["subject"]) if cert else {},
+        "san": [list(x) for x in cert.get("subjectAltName", ())] if cert else [],
         "status": head.split(b"\r\n", 1)[0].decode("latin-1"),
+        "body": body[:4096].decode("utf-8", "replace"),
         "length": len(body),
         "sha256": hashlib.sha256(body).hexdigest(),
         "half_closed": half_closed,
@@ -153,6 +172,8 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=0)
     p.add_argument("--stall", type=float, default=0.0, help="seconds to wait before reading the response")
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--insecure", action="store_true", help="do not verify (a user who clicks through a warning)")
+    p.add_argument("--legacy", action="store_true", help="allow TLS 1.0 and weak suites (an old device)")
     args = p.parse_args()
     try:
         out = many(args) if args.connections else one_request(args)

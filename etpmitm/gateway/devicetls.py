@@ -7,21 +7,26 @@ reads the origin's choice from the connection being served.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from cryptography import x509
 
 import attrs
 from OpenSSL import SSL, crypto
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocol
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from etpmitm.ca.directory import CertificateAuthority
+from etpmitm.gateway.ends import oneProtocol
+from etpmitm.gateway.halfclosetls import halfCloseableTLSFactory
 from etpmitm.keyfiles import PrivateKey
 from etpmitm.leafcache import LeafMinter, LRUCache
 from etpmitm.mint import LeafName, MintedLeaf
 from etpmitm.tlsconfig import hardened_context
+
+if TYPE_CHECKING:
+    from etpmitm.gateway.intake import Intake
 
 _SESSION_ID_CONTEXT = b"etpmitm"
 
@@ -74,3 +79,9 @@ class CachedLeafContexts:
             entry = (leaf, deviceContext(leaf, self._key))
             self._contexts.put(id(leaf), entry)
         return entry[1]
+
+
+def serveDevice(intake: "Intake", context: SSL.Context, protocol: IProtocol) -> None:
+    """Start TLS on the device's connection, replaying its buffered ClientHello."""
+    factory = halfCloseableTLSFactory(DeviceTLSCreator(context), False, oneProtocol(protocol))
+    intake.switchTo(factory.buildProtocol(intake.tcp.getPeer()))

@@ -154,6 +154,13 @@ class Intake(Protocol):
             cast(ITCPTransport, self._next).abortConnection()
         self.tcp.abortConnection()
 
+    def close(self) -> None:
+        """End this connection politely (FIN after pending writes)."""
+        self._cancelTimer()
+        if self._stage is not None:
+            self._stage.abort()
+        self.tcp.loseConnection()
+
     def _timedOut(self) -> None:
         self._timer = None
         stage = "ClientHello" if self._stage is None else "handshakes"

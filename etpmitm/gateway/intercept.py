@@ -2,40 +2,59 @@
 
 from __future__ import annotations
 
+from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from etpmitm.blockpage import BlockResponse
 from etpmitm.clienthello import ClientHello
-from etpmitm.gateway.devicetls import DeviceTLSCreator
-from etpmitm.gateway.ends import TLSEnd, oneProtocol
-from etpmitm.gateway.halfclosetls import halfCloseableTLSFactory
-from etpmitm.gateway.intake import Intake
-from etpmitm.gateway.origin import OriginSession, connectTLS
+from etpmitm.gateway.asking import learnedBypass, learnedKey, policyDecision
+from etpmitm.gateway.blockstage import PolicyBlock, serveBlockPage
+from etpmitm.gateway.devicetls import serveDevice
+from etpmitm.gateway.ends import TLSEnd
+from etpmitm.gateway.intake import Intake, Stage
+from etpmitm.gateway.origin import OriginError, OriginSession, connectTLS
 from etpmitm.gateway.relay import Relay
+from etpmitm.gateway.splice import Splice
 from etpmitm.gateway.sslerrors import sslReason
 from etpmitm.gateway.stagedone import relayFinished
 from etpmitm.gateway.upstream import verify_origin
-from etpmitm.mint import leaf_names
+from etpmitm.mint import leaf_names, name_text, origin_names
+from etpmitm.origintrust import OriginVerdict
+
+log = Logger()
+
+# Alerts a device sends when it rejects the gateway's certificate (pinning).
+_REJECTIONS = ("unknown ca", "bad certificate", "certificate unknown")
 
 
 class Interception:
     """Decrypt, inspect and re-encrypt one connection.
 
     1. TLS to the origin with the device's SNI and ALPN offer; judge its
-       certificate.  An untrusted origin ends the device's connection:
-       its content never reaches the device under a trusted certificate.
+       certificate.  An untrusted origin is blocked with a page, mimicked
+       with the untrusted CA, or bypassed, as the policy says: its content
+       never reaches the device under a certificate the device trusts.
     2. Serve the device a leaf for the origin's names (cached context),
        replaying its buffered ClientHello; select the origin's ALPN.
     3. Relay.
+
+    Where interception cannot work (the origin wants a client certificate,
+    the device rejects the gateway's certificate) the pair is learned and
+    later connections are spliced.
     """
 
-    def __init__(self, intake: Intake, hello: ClientHello) -> None:
+    def __init__(self, intake: Intake, hello: ClientHello, decided: bool = True) -> None:
         self._intake = intake
         self._hello = hello
+        self._decided = decided
         self._connecting: Deferred[OriginSession] | None = None
         self._origin: OriginSession | None = None
         self._device: TLSEnd | None = None
+        self._instead: Stage | None = None
         self._aborted = False
 
     def start(self) -> None:
@@ -44,12 +63,7 @@ class Interception:
         settings = intake.settings
         assert intake.destination is not None
         self._connecting = connectTLS(
-            settings.reactor,
-            intake.destination,
-            settings.upstream,
-            hello.sni,
-            hello.alpn,
-            settings.connectTimeout,
+            settings.reactor, intake.destination, settings.upstream, hello.sni, hello.alpn, settings.connectTimeout
         )
         self._connecting.addCallbacks(self._originReady, self._originFailed)
 
@@ -58,14 +72,32 @@ class Interception:
         if self._connecting is not None and not self._connecting.called:
             self._connecting.cancel()
         self._dropOrigin()
+        if self._instead is not None:
+            self._instead.abort()
 
     def _dropOrigin(self) -> None:
         if self._origin is not None and self._origin.tls.connected:
             self._origin.tls.abortConnection()
 
+    def _handOver(self, stage: Stage) -> None:
+        """Give up interception for ``stage`` (a splice or a block)."""
+        self._dropOrigin()
+        self._instead = stage
+        stage.start()
+
+    # -- the origin ----------------------------------------------------------
+
     def _originFailed(self, failure: Failure) -> None:
-        if not failure.check(CancelledError) and not self._aborted:
-            self._intake.refuse(failure.getErrorMessage())
+        if failure.check(CancelledError) or self._aborted:
+            return
+        error = failure.value
+        if isinstance(error, OriginError) and error.certificateRequested:
+            self._learnClientCertificate()
+            return
+        if isinstance(error, OriginError) and error.kind == "old-protocol":
+            self._untrusted(OriginVerdict(False, "old-protocol", str(error)), None)
+            return
+        self._intake.refuse(failure.getErrorMessage())
 
     def _originReady(self, origin: OriginSession) -> None:
         self._origin = origin
@@ -73,31 +105,95 @@ class Interception:
             self._dropOrigin()
             return
         intake, hello = self._intake, self._hello
-        record = intake.record
+        if origin.record.certificateRequested:
+            self._learnClientCertificate()
+            return
         assert intake.destination is not None
         connection = origin.connection
         verdict = verify_origin(connection, origin.record, hello.sni, intake.destination.ip)
-        record.origin_verdict = verdict.kind
-        if not verdict.trusted:
-            intake.refuse(f"origin certificate not trusted ({verdict.kind}): {verdict.reason}")
+        intake.record.origin_verdict = verdict.kind
+        certificate = connection.get_peer_certificate(as_cryptography=True)
+        if certificate is None:  # anonymous suites are not offered; be safe anyway
+            intake.refuse("origin presented no certificate")
             return
+        if not self._decided and not self._decide(certificate):
+            return
+        if not verdict.trusted:
+            self._untrusted(verdict, certificate)
+            return
+        self._mimic(certificate, trusted=True)
+
+    def _decide(self, certificate: x509.Certificate) -> bool:
+        """Decide now that the certificate's names are known; False if handed over."""
+        intake, hello = self._intake, self._hello
+        names = [name_text(n) for n in origin_names(certificate)]
+        decision = policyDecision(intake, hello, names)
+        if decision.action == "bypass":
+            self._handOver(Splice(intake, "bypassed by policy"))
+        elif decision.action == "block":
+            self._handOver(PolicyBlock(intake, hello, f"blocked by policy: {decision.reason}"))
+        elif learnedBypass(intake, hello):
+            self._handOver(Splice(intake, "learned bypass (interception failed here before)"))
+        else:
+            return True
+        return False
+
+    def _learnClientCertificate(self) -> None:
+        """The origin wants a client certificate, which only the device has."""
+        intake = self._intake
+        key = learnedKey(intake, self._hello)
+        why = "origin requests a client certificate"
+        if intake.settings.policy.learned.learn(key, intake.settings.clock.seconds(), why):
+            log.info("learned bypass for {key}: {why}", key=key, why=why)
+        self._handOver(Splice(intake, f"bypassed: {why}"))
+
+    def _untrusted(self, verdict: OriginVerdict, certificate: x509.Certificate | None) -> None:
+        """The origin failed verification: do what ``[origin] untrusted`` says."""
+        intake, hello = self._intake, self._hello
+        mode = intake.settings.policy.current.untrusted
+        reason = f"origin certificate not trusted ({verdict.kind}): {verdict.reason}"
+        intake.record.fail(reason)
+        if mode == "bypass":
+            self._handOver(Splice(intake, f"{reason}; bypassed by policy"))
+            return
+        if mode == "untrusted" and certificate is not None and intake.settings.untrustedLeaves is not None:
+            self._mimic(certificate, trusted=False)
+            return
+        # Block: a page, under a certificate the device trusts, or under the
+        # untrusted CA when the policy says the browser must warn.
+        self._dropOrigin()
+        assert intake.destination is not None
+        intake.record.action = "block"
+        names = (hello.sni,) if hello.sni else (intake.destination.ip,)
+        leaves = intake.settings.leaves
+        if mode == "untrusted" and intake.settings.untrustedLeaves is not None:
+            leaves = intake.settings.untrustedLeaves
+        context = leaves.contextFor(names, None)
+        host = hello.sni or str(intake.destination.ip)
+        serveBlockPage(intake, hello, context, BlockResponse.render(host, reason, "untrusted-origin"))
+
+    # -- the device ----------------------------------------------------------
+
+    def _mimic(self, certificate: x509.Certificate, trusted: bool) -> None:
+        intake, hello = self._intake, self._hello
+        origin = self._origin
+        assert origin is not None and intake.destination is not None
         alpn = origin.tls.negotiatedProtocol
-        record.alpn = alpn.decode("latin-1") if alpn else None
-        record.tls_version = connection.get_protocol_version_name()
+        intake.record.alpn = alpn.decode("latin-1") if alpn else None
+        intake.record.tls_version = origin.connection.get_protocol_version_name()
+        leaves = intake.settings.leaves if trusted else intake.settings.untrustedLeaves
+        assert leaves is not None
         try:
-            certificate = connection.get_peer_certificate(as_cryptography=True)
             names = leaf_names(certificate, hello.sni, intake.destination.ip)
-            context = intake.settings.leaves.contextFor(names, certificate)
+            context = leaves.contextFor(names, certificate)
         except Exception as e:  # a certificate we cannot mimic must not crash the gateway
             intake.refuse(f"cannot mint a certificate for this origin: {e}")
             return
         self._serveDevice(context, alpn)
 
     def _serveDevice(self, context: SSL.Context, alpn: bytes | None) -> None:
-        intake = self._intake
         device = self._device = TLSEnd("device", alpn=alpn)
-        factory = halfCloseableTLSFactory(DeviceTLSCreator(context), False, oneProtocol(device))
-        intake.switchTo(factory.buildProtocol(intake.tcp.getPeer()))
+        serveDevice(self._intake, context, device)
         device.handshake.addCallbacks(self._deviceReady, self._deviceFailed)
 
     def _deviceReady(self, _: object) -> None:
@@ -116,8 +212,22 @@ class Interception:
 
     def _deviceFailed(self, failure: Failure) -> None:
         intake = self._intake
+        detail = sslReason(failure)
         if intake.record.outcome != "error":
-            intake.record.fail(f"device TLS handshake failed: {sslReason(failure)}")
+            intake.record.fail(f"device TLS handshake failed: {detail}")
+        if any(text in detail for text in _REJECTIONS):
+            self._pinningFailure(f"device rejected the gateway's certificate ({detail})")
+        elif failure.check(ConnectionDone, ConnectionLost):
+            self._pinningFailure("device hung up on the gateway's certificate")
         self._dropOrigin()
         intake.finish()
 
+    def _pinningFailure(self, why: str) -> None:
+        """Count a failure towards bypassing this (SNI, destination); learned ones are logged."""
+        intake = self._intake
+        if intake.record.origin_verdict != "ok":
+            return  # an untrusted origin's warning is meant to be refused
+        settings = intake.settings
+        key = learnedKey(intake, self._hello)
+        if settings.policy.learned.record_failure(key, settings.clock.seconds(), why):
+            log.info("learned bypass for {key}: {why}", key=key, why=why)

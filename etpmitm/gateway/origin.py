@@ -7,7 +7,7 @@ from typing import cast
 import attrs
 from OpenSSL import SSL
 from twisted.internet import error
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IProtocol, IReactorTCP, IStreamClientEndpoint
 from twisted.python.failure import Failure
@@ -70,16 +70,31 @@ def connectTLS(
         )
 
     d = connecting.addCallback(connected)
-    d.addErrback(_explain)
+    d.addErrback(_explain, creator.record)
     return d
 
 
 class OriginError(Exception):
-    """The origin could not be reached or did not complete a TLS handshake."""
+    """The origin could not be reached or did not complete a TLS handshake.
+
+    ``kind`` is ``"old-protocol"`` when the origin offered only what the
+    gateway refuses (TLS 1.1 or older, or no acceptable suite): an origin
+    weakness the device must be told of.  ``certificateRequested`` says the
+    origin asked for a client certificate before failing.
+    """
+
+    def __init__(self, reason: str, kind: str = "unreachable", certificateRequested: bool = False) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.certificateRequested = certificateRequested
 
 
-def _explain(failure: Failure) -> Failure:
+_OLD_PROTOCOL = ("unsupported protocol", "protocol version", "no protocols available", "no shared cipher", "no cipher")
+
+
+def _explain(failure: Failure, record: VerificationRecord) -> Failure:
     value = failure.value
+    kind = "unreachable"
     if isinstance(value, error.ConnectionRefusedError):
         reason = "origin refused the connection"
     elif isinstance(value, (error.TimeoutError, error.UserError)) or "timeout" in type(value).__name__.lower():
@@ -87,12 +102,16 @@ def _explain(failure: Failure) -> Failure:
     elif isinstance(value, (error.NoRouteError, error.ConnectError)):
         reason = f"origin unreachable: {value}"
     elif isinstance(value, SSL.Error):
-        reason = f"origin TLS handshake failed: {sslReason(failure)}"
+        detail = sslReason(failure)
+        reason = f"origin TLS handshake failed: {detail}"
+        kind = "old-protocol" if any(text in detail for text in _OLD_PROTOCOL) else "handshake-failed"
     elif isinstance(value, error.ConnectionDone):
         reason = "origin closed the connection during the TLS handshake"
     elif isinstance(value, error.ConnectionLost):
         reason = "origin reset the connection during the TLS handshake"
+    elif isinstance(value, (OriginError, CancelledError)):
+        return failure
     else:
         reason = f"origin connection failed: {value}"
-    return Failure(OriginError(reason))
+    return Failure(OriginError(reason, kind, record.certificateRequested))
 

@@ -10,6 +10,7 @@ from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 
 from etpmitm.gateway.origdst import Destination, transportDestination
+from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.interfaces import IFlowObserver
 from etpmitm.mint import LeafName
 
@@ -27,6 +28,9 @@ class GatewaySettings:
     clock: IReactorTime
     upstream: SSL.Context
     leaves: LeafContexts
+    untrustedLeaves: LeafContexts | None = None
+    """Signs leaves for untrusted origins under ``untrusted = "untrusted"``."""
+    policy: PolicyHolder = attrs.Factory(PolicyHolder)
     handshakeTimeout: float = 10.0
     connectTimeout: float = 10.0
     idleTimeout: float = 300.0

@@ -15,14 +15,17 @@ from etpmitm.gateway.stagedone import relayFinished
 class Splice:
     """Pass the connection through untouched (no decryption)."""
 
-    def __init__(self, intake: Intake) -> None:
+    def __init__(self, intake: Intake, reason: str | None = None) -> None:
         self._intake = intake
+        self._reason = reason
         self._origin = RelayEnd("origin")
         self._connecting: Deferred[IProtocol] | None = None
 
     def start(self) -> None:
         intake = self._intake
         intake.record.action = "splice"
+        if self._reason is not None:
+            intake.record.reason = self._reason
         assert intake.destination is not None
         settings = intake.settings
         self._connecting = connectPlain(

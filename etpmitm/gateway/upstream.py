@@ -61,9 +61,14 @@ def upstream_context(bundle: Path) -> SSL.Context:
 
 @attrs.define
 class VerificationRecord:
-    """Chain errors seen during one origin handshake."""
+    """Chain errors seen during one origin handshake, and whether it asked for a client certificate."""
 
     errors: list[ChainError] = attrs.Factory(list)
+    certificateRequested: bool = False
+
+    def infoCallback(self, conn: SSL.Connection, where: int, ret: int) -> None:
+        if where & SSL.SSL_CB_LOOP and b"certificate request" in (conn.get_state_string() or b""):
+            self.certificateRequested = True
 
     def callback(
         self, conn: SSL.Connection, cert: crypto.X509, code: int, depth: int, ok: int
@@ -86,6 +91,7 @@ class OriginTLSCreator:
     def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         connection = SSL.Connection(self.context, None)
         connection.set_verify(SSL.VERIFY_PEER, self.record.callback)
+        connection.set_info_callback(self.record.infoCallback)
         if self.sni is not None:
             connection.set_tlsext_host_name(self.sni.encode("ascii"))
         if self.alpn:
@@ -114,4 +120,5 @@ def verify_origin(
         name_error = f"certificate does not match {wanted}: {e.errors[0]}" if e.errors else str(e)
     except Exception as e:  # service_identity rejects certificates it cannot read
         name_error = f"cannot check the certificate's names: {e}"
-    return judge(record.errors, name_error)
+    chain = connection.get_peer_cert_chain(as_cryptography=True) or []
+    return judge(record.errors, name_error, chain)
