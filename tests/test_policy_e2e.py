@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from tests import pki
 from tests.gatewaylab import GatewayLab, shared_lab
-from tests.hellos import ech_client_hello
+from tests.hellos import ech_client_hello, python_client_hello
 from tests.lab import Lab, lab_unavailable
 
 ORIGIN, SECOND = Lab.origin_ip, "10.231.2.3"
@@ -313,3 +313,19 @@ class PolicyEndToEndTests(TestCase):
         second = self.env.lab.client.run([*common, "-sess_in", str(session)], input=REQUEST,
                                          check=False, timeout=30)
         self.assertIn("Reused, TLSv1.3", second.stdout, second.stderr)
+
+    def test_nonHTTPDevicesGetAnAlert(self) -> None:
+        """A blocked device that speaks no HTTP gets a TLS access_denied alert, not a page."""
+        self.env.set_policy(policy())
+        for sni, port in (("blocked.test", GOOD), ("expired.test", 4434)):
+            hello = python_client_hello(sni, ["imap"])
+            script = (
+                "import socket\n"
+                f"s = socket.create_connection(({ORIGIN!r}, {port}), timeout=10)\n"
+                f"s.sendall(bytes.fromhex({hello.hex()!r}))\n"
+                "print(s.recv(64).hex())\n"
+            )
+            done = self.env.lab.client.run(["python3", "-c", script], check=False)
+            self.assertEqual(done.stdout.strip(), "15030300020231", (sni, done.stderr))
+            line = self.env.wait_for_log(f"sni={sni} action=block")
+            self.assertIn("device offered no HTTP protocol", line)

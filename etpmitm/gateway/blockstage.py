@@ -76,7 +76,10 @@ def serveBlockPage(
 
 def refuseWithAlert(intake: Intake, reason: str) -> None:
     """Send a plaintext access_denied alert (no handshake) and close."""
-    intake.record.fail(reason)
+    record = intake.record
+    if record.outcome == "open":
+        record.refused(reason)
+    record.reason = reason
     intake.tcp.write(tls_alert(ALERT_ACCESS_DENIED))
     intake.close()
 
