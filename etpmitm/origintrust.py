@@ -101,13 +101,10 @@ def weak_crypto(chain: list[x509.Certificate]) -> OriginVerdict | None:
     return None
 
 
-def judge(
-    chain_errors: list[ChainError], name_error: str | None, chain: list[x509.Certificate] | None = None
-) -> OriginVerdict:
-    """Weak signatures or keys first (OpenSSL reports a SHA-1 signature it
-    will not check as a missing issuer), then chain errors (the first
-    reported is the most telling), then the name."""
-    weak = weak_crypto(chain or [])
+def judge(chain_errors: list[ChainError], name_error: str | None, weak: OriginVerdict | None = None) -> OriginVerdict:
+    """Weak signatures or keys (see :func:`weak_crypto`) first: OpenSSL reports
+    a SHA-1 signature it will not check as a missing issuer.  Then chain
+    errors (the first reported is the most telling), then the name."""
     if weak is not None:
         return weak
     if chain_errors:

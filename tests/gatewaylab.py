@@ -111,13 +111,13 @@ class GatewayLab:
             time.sleep(0.05)
         return [line for line in self.log().splitlines() if expect in line][-1]
 
-    def wait_for_log(self, text: str, timeout: float = 15.0) -> str:
-        """Wait until the gateway's log holds ``text``; return the matching line."""
+    def wait_for_log(self, text: str, timeout: float = 15.0, count: int = 1) -> str:
+        """Wait until the gateway's log holds ``text`` (``count`` times); return the last matching line."""
         deadline = time.monotonic() + timeout
         while True:
-            for line in self.log().splitlines():
-                if text in line:
-                    return line
+            lines = [line for line in self.log().splitlines() if text in line]
+            if len(lines) >= count:
+                return lines[-1]
             if time.monotonic() > deadline:
                 raise AssertionError(f"gateway log has no {text!r}:\n{self.log()[-4000:]}")
             time.sleep(0.1)

@@ -174,6 +174,7 @@ class Connection:
                 alpn=s.selected_alpn_protocol(),
                 version=s.version(),
                 cipher=cipher[0] if cipher else None,
+                session_reused=s.session_reused,
             )
         return out
 

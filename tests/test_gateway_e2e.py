@@ -24,7 +24,7 @@ ORIGIN = Lab.origin_ip
 ORIGIN6 = Lab.origin_ip6
 
 # Origin ports, all redirected by the shipped rules.
-GOOD, RSA, MULTI, HTTP1, PLAIN, DOWN, RESET, SILENT = 443, 4431, 4432, 4433, 4441, 4440, 4442, 4443
+GOOD, RSA, MULTI, HTTP1, PLAIN, DOWN, RESET, SILENT, RESUME = 443, 4431, 4432, 4433, 4441, 4440, 4442, 4443, 4444
 BAD = {  # port: (kind in the log, how the origin's certificate is bad)
     4434: "expired",
     4436: "self-signed",
@@ -50,7 +50,7 @@ def sha256_pattern(n: int) -> str:
 
 def build_lab() -> GatewayLab:
     """One lab for this module: every kind of origin, then the gateway."""
-    env = GatewayLab(dports=[GOOD, RSA, MULTI, HTTP1, PLAIN, DOWN, RESET, SILENT, *BAD])
+    env = GatewayLab(dports=[GOOD, RSA, MULTI, HTTP1, PLAIN, DOWN, RESET, SILENT, RESUME, *BAD])
     try:
         public, other = env.public, pki.Authority("Unknown Test")
         ips = [ORIGIN, ORIGIN6]
@@ -60,6 +60,8 @@ def build_lab() -> GatewayLab:
         env.origin(RSA, [cert, public.intermediate], key)
         cert, key = public.issue(["multi.test", "*.multi.test", "alt.test"], org="Multi Org")
         env.origin(MULTI, [cert, public.intermediate], key)
+        cert, key = public.issue(["resume.test"])
+        env.origin(RESUME, [cert, public.intermediate], key)
         cert, key = public.issue(["h1.test"])
         env.origin(HTTP1, [cert, public.intermediate], key, alpn=["http/1.1"])
         past = pki.NOW - 10 * pki.DAY
@@ -116,6 +118,24 @@ class GatewayEndToEndTests(TestCase):
         self.assertEqual(result["status"], "HTTP/1.1 200 OK")
         self.assertIn(["DNS", "origin.test"], result["san"])
         self.env.wait_for_log("sni=origin.test action=intercept outcome=ok")
+
+    def test_originSessionsResumed(self) -> None:
+        """The gateway resumes its TLS session with a verified origin."""
+        reused = []
+        done = f"-> {ORIGIN}:{RESUME} sni=resume.test action=intercept outcome=ok"
+        for attempt in range(4):
+            result = self.env.python_client("--host", ORIGIN, "--port", str(RESUME), "--sni", "resume.test",
+                                            "--path", "/info")
+            self.assertServedByGateway(result)
+            reused.append(json.loads(result["body"])["session_reused"])
+            # The session is kept when the origin connection closes, which
+            # the audit line follows.
+            self.env.wait_for_log(done, count=attempt + 1)
+        self.assertEqual(reused[0], False)  # the gateway had no session with this origin yet
+        # With this lab origin (Python's ssl) the session from the first
+        # connection is not resumed, for a reason not yet understood (noted
+        # on the issue); from the third connection on, every one resumes.
+        self.assertEqual(reused[2:], [True, True])
 
     def test_rsaOrigin(self) -> None:
         done = self.env.curl(*self.resolve("rsa.test", RSA), f"https://rsa.test:{RSA}/")

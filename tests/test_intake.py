@@ -27,6 +27,10 @@ class FakeTCP(StringTransport):
             peerAddress=IPv4Address("TCP", "10.0.0.2", 50000),
         )
         self.aborted = False
+        self.noDelay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.noDelay = enabled
 
     def abortConnection(self) -> None:
         self.aborted = True
@@ -82,6 +86,14 @@ class IntakeTests(SynchronousTestCase):
         events = [e for e in self.events if e.get("log_namespace") == "etpmitm.audit"]
         self.assertEqual(len(events), 1, events)
         return events[0]
+
+    def test_socketTunedForRelaying(self) -> None:
+        """No Nagle delay, and reads and write backlog sized for relaying."""
+        from etpmitm.gateway.relay import RELAY_BUFFER
+
+        _, transport = self.connect()
+        self.assertTrue(transport.noDelay)
+        self.assertEqual(transport.bufferSize, RELAY_BUFFER)  # type: ignore[attr-defined]
 
     def test_notRedirected(self) -> None:
         """No conntrack entry: refused with the reason, nothing else happens."""

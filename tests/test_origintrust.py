@@ -9,7 +9,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from etpmitm.origintrust import ChainError, judge
+from etpmitm.origintrust import ChainError, judge, weak_crypto
 from tests.pki import Authority, issue_sha1
 
 
@@ -68,24 +68,26 @@ class WeakCryptoTests(SynchronousTestCase):
 
         ca = rsa.generate_private_key(65537, 2048)
         good = cert(ec.generate_private_key(ec.SECP256R1()), ca, hashes.SHA256())
-        self.assertTrue(judge([], None, [good]).trusted)
+        self.assertIsNone(weak_crypto([good]))
         work = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, work)
         sha1, _ = issue_sha1(Authority("Legacy"), ["legacy.example"], work)
-        verdict = judge([], None, [sha1])
+        verdict = weak_crypto([sha1])
+        assert verdict is not None
         self.assertEqual((verdict.trusted, verdict.kind), (False, "weak-signature"))
         self.assertIn("SHA1", verdict.reason)
         small = rsa.generate_private_key(65537, 1024)
-        verdict = judge([], None, [cert(small, ca, hashes.SHA256())])
+        verdict = weak_crypto([cert(small, ca, hashes.SHA256())])
+        assert verdict is not None
         self.assertEqual((verdict.kind, verdict.reason), ("weak-key", "1024-bit key (depth 0)"))
         # A self-signed anchor is not judged by its own (irrelevant) signature.
         anchor = x509.load_pem_x509_certificate(subprocess.run(
             ["openssl", "req", "-x509", "-sha1", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
              "-nodes", "-keyout", str(work / "anchor.key"), "-subj", "/CN=anchor", "-days", "1"],
             check=True, capture_output=True).stdout)
-        self.assertTrue(judge([], None, [good, anchor]).trusted)
+        self.assertIsNone(weak_crypto([good, anchor]))
         # Weak crypto comes first (OpenSSL may report a SHA-1 signature as a
         # missing issuer), then chain errors, then the name.
-        self.assertEqual(judge([ChainError(0, 20)], "x", [sha1]).kind, "weak-signature")
-        self.assertEqual(judge([ChainError(0, 10)], "x", [good]).kind, "expired")
-        self.assertEqual(judge([], "wrong", [sha1]).kind, "weak-signature")
+        self.assertEqual(judge([ChainError(0, 20)], "x", weak_crypto([sha1])).kind, "weak-signature")
+        self.assertEqual(judge([ChainError(0, 10)], "x", weak_crypto([good])).kind, "expired")
+        self.assertEqual(judge([], "wrong", weak_crypto([sha1])).kind, "weak-signature")

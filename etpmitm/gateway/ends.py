@@ -23,6 +23,7 @@ class TLSEnd(RelayEnd):
         super().__init__(side)
         self.alpn = alpn  # device side: the protocol to select (the origin's choice)
         self.handshake: Deferred[TLSEnd] = Deferred(self._cancelHandshake)
+        self.closed: Deferred[None] = Deferred()
 
     def _cancelHandshake(self, _: Deferred[TLSEnd]) -> None:
         if self.transport is not None:
@@ -36,6 +37,7 @@ class TLSEnd(RelayEnd):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.handshake.called:
             self.handshake.errback(reason)
+        self.closed.callback(None)
         super().connectionLost(reason)
 
 

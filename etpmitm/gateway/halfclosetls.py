@@ -14,6 +14,7 @@ from typing import cast
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
+from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -35,6 +36,18 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
     closesWhenBothEnd = True  # no need for the relay to close it
     _readClosed = False
     _writeClosed = False
+
+    def makeConnection(self, transport: object) -> None:
+        """Twisted's set-up without copying the transport's interfaces onto
+        this protocol (``directlyProvides`` per connection is a large share
+        of a new connection's cost; nothing here needs it)."""
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if self._connectWrapped:
+            self.wrappedProtocol.makeConnection(self)
+        self._checkHandshakeStatus()
 
     def _flushReceiveBIO(self) -> None:
         while not self._lostTLSConnection and not self._readClosed:

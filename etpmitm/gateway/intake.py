@@ -25,6 +25,7 @@ from zope.interface import implementer
 from etpmitm.audit import ConnectionRecord
 from etpmitm.clienthello import ClientHello, ClientHelloParser, NeedMore, NotTLS
 from etpmitm.gateway.origdst import Destination, unmap
+from etpmitm.gateway.relay import tuneRelaySocket
 from etpmitm.gateway.settings import GatewaySettings
 
 log = Logger()
@@ -64,6 +65,7 @@ class Intake(Protocol):
 
     def connectionMade(self) -> None:
         transport = self.tcp
+        tuneRelaySocket(transport)
         peer, host = transport.getPeer(), transport.getHost()
         clock = self.settings.clock
         self.record = ConnectionRecord(

@@ -21,8 +21,8 @@ from etpmitm.gateway.relay import Relay
 from etpmitm.gateway.splice import Splice
 from etpmitm.gateway.sslerrors import sslReason
 from etpmitm.gateway.stagedone import relayFinished
-from etpmitm.gateway.upstream import verify_origin
-from etpmitm.mint import leaf_names, name_text, origin_names
+from etpmitm.gateway.upstream import OriginCertificate, examine_origin
+from etpmitm.mint import name_text, origin_names
 from etpmitm.origintrust import OriginVerdict
 
 log = Logger()
@@ -63,7 +63,13 @@ class Interception:
         settings = intake.settings
         assert intake.destination is not None
         self._connecting = connectTLS(
-            settings.reactor, intake.destination, settings.upstream, hello.sni, hello.alpn, settings.connectTimeout
+            settings.reactor,
+            intake.destination,
+            settings.upstream,
+            hello.sni,
+            hello.alpn,
+            settings.connectTimeout,
+            settings.originSessions,
         )
         self._connecting.addCallbacks(self._originReady, self._originFailed)
 
@@ -109,19 +115,21 @@ class Interception:
             self._learnClientCertificate()
             return
         assert intake.destination is not None
-        connection = origin.connection
-        verdict = verify_origin(connection, origin.record, hello.sni, intake.destination.ip)
+        settings = intake.settings
+        verdict, facts = examine_origin(
+            origin.connection, origin.record, hello.sni, intake.destination.ip, settings.originCertificates
+        )
         intake.record.origin_verdict = verdict.kind
-        certificate = connection.get_peer_certificate(as_cryptography=True)
-        if certificate is None:  # anonymous suites are not offered; be safe anyway
-            intake.refuse("origin presented no certificate")
+        if facts is None:  # anonymous suites are not offered; be safe anyway
+            intake.refuse(verdict.reason)
             return
-        if not self._decided and not self._decide(certificate):
+        if not self._decided and not self._decide(facts.certificate):
             return
         if not verdict.trusted:
-            self._untrusted(verdict, certificate)
+            self._untrusted(verdict, facts)
             return
-        self._mimic(certificate, trusted=True)
+        settings.originSessions.remember(origin)
+        self._mimic(facts, trusted=True)
 
     def _decide(self, certificate: x509.Certificate) -> bool:
         """Decide now that the certificate's names are known; False if handed over."""
@@ -147,7 +155,7 @@ class Interception:
             log.info("learned bypass for {key}: {why}", key=key, why=why)
         self._handOver(Splice(intake, f"bypassed: {why}"))
 
-    def _untrusted(self, verdict: OriginVerdict, certificate: x509.Certificate | None) -> None:
+    def _untrusted(self, verdict: OriginVerdict, facts: OriginCertificate | None) -> None:
         """The origin failed verification: do what ``[origin] untrusted`` says."""
         intake, hello = self._intake, self._hello
         mode = intake.settings.policy.current.untrusted
@@ -156,8 +164,8 @@ class Interception:
         if mode == "bypass":
             self._handOver(Splice(intake, f"{reason}; bypassed by policy"))
             return
-        if mode == "untrusted" and certificate is not None and intake.settings.untrustedLeaves is not None:
-            self._mimic(certificate, trusted=False)
+        if mode == "untrusted" and facts is not None and intake.settings.untrustedLeaves is not None:
+            self._mimic(facts, trusted=False)
             return
         # Block: a page, under a certificate the device trusts, or under the
         # untrusted CA when the policy says the browser must warn.
@@ -174,18 +182,20 @@ class Interception:
 
     # -- the device ----------------------------------------------------------
 
-    def _mimic(self, certificate: x509.Certificate, trusted: bool) -> None:
-        intake, hello = self._intake, self._hello
+    def _mimic(self, facts: OriginCertificate, trusted: bool) -> None:
+        intake = self._intake
         origin = self._origin
-        assert origin is not None and intake.destination is not None
+        assert origin is not None
         alpn = origin.tls.negotiatedProtocol
         intake.record.alpn = alpn.decode("latin-1") if alpn else None
         intake.record.tls_version = origin.connection.get_protocol_version_name()
         leaves = intake.settings.leaves if trusted else intake.settings.untrustedLeaves
         assert leaves is not None
+        if not facts.names:
+            intake.refuse("cannot mint a certificate for this origin: it names nothing usable")
+            return
         try:
-            names = leaf_names(certificate, hello.sni, intake.destination.ip)
-            context = leaves.contextFor(names, certificate)
+            context = leaves.contextFor(facts.names, facts.certificate)
         except Exception as e:  # a certificate we cannot mimic must not crash the gateway
             intake.refuse(f"cannot mint a certificate for this origin: {e}")
             return

@@ -15,7 +15,8 @@ from twisted.python.failure import Failure
 from etpmitm.gateway.ends import TLSEnd, oneProtocol
 from etpmitm.gateway.halfclosetls import HalfCloseableTLS, halfCloseableTLSFactory
 from etpmitm.gateway.origdst import Destination
-from etpmitm.gateway.relay import RelayEnd
+from etpmitm.gateway.relay import RelayEnd, tuneRelaySocket
+from etpmitm.gateway.sessions import Key as SessionKey, OriginSessions
 from etpmitm.gateway.sslerrors import sslReason
 from etpmitm.gateway.upstream import OriginTLSCreator, VerificationRecord
 
@@ -27,10 +28,9 @@ class OriginSession:
     end: TLSEnd
     tls: HalfCloseableTLS
     record: VerificationRecord
-
-    @property
-    def connection(self) -> SSL.Connection:
-        return cast(SSL.Connection, self.tls.getHandle())
+    connection: SSL.Connection
+    """Kept here: the TLS protocol drops it when the connection closes."""
+    key: SessionKey
 
 
 def _endpoint(reactor: IReactorTCP, dst: Destination, timeout: float) -> IStreamClientEndpoint:
@@ -42,7 +42,12 @@ def connectPlain(
     reactor: IReactorTCP, dst: Destination, end: RelayEnd, timeout: float
 ) -> Deferred[IProtocol]:
     """Open a TCP connection to ``dst`` driving ``end``."""
-    return _endpoint(reactor, dst, timeout).connect(oneProtocol(end))
+
+    def connected(protocol: IProtocol) -> IProtocol:
+        tuneRelaySocket(end.transport)
+        return protocol
+
+    return _endpoint(reactor, dst, timeout).connect(oneProtocol(end)).addCallback(connected)
 
 
 def connectTLS(
@@ -52,6 +57,7 @@ def connectTLS(
     sni: str | None,
     alpn: tuple[bytes, ...],
     timeout: float,
+    sessions: OriginSessions | None = None,
 ) -> Deferred[OriginSession]:
     """TLS to ``dst`` with the device's SNI and ALPN offer.
 
@@ -60,14 +66,17 @@ def connectTLS(
     :class:`OriginError` that says why when there is no handshake.
     """
     end = TLSEnd("origin")
-    creator = OriginTLSCreator(context, sni, alpn)
+    key: SessionKey = (str(dst.ip), dst.port, sni)
+    session = sessions.lookup(key) if sessions is not None else None
+    creator = OriginTLSCreator(context, sni, alpn, session)
     factory = halfCloseableTLSFactory(creator, True, oneProtocol(end))
     connecting = _endpoint(reactor, dst, timeout).connect(factory)
 
-    def connected(tls: IProtocol) -> Deferred[OriginSession]:
-        return end.handshake.addCallback(
-            lambda _: OriginSession(end, cast(HalfCloseableTLS, tls), creator.record)
-        )
+    def connected(protocol: IProtocol) -> Deferred[OriginSession]:
+        tls = cast(HalfCloseableTLS, protocol)
+        tuneRelaySocket(tls.transport)
+        connection = cast(SSL.Connection, tls.getHandle())
+        return end.handshake.addCallback(lambda _: OriginSession(end, tls, creator.record, connection, key))
 
     d = connecting.addCallback(connected)
     d.addErrback(_explain, creator.record)

@@ -11,6 +11,9 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 
 from etpmitm.gateway.origdst import Destination, transportDestination
 from etpmitm.gateway.policyholder import PolicyHolder
+from etpmitm.gateway.sessions import OriginSessions
+from etpmitm.gateway.upstream import OriginCertificates
+from etpmitm.leafcache import LRUCache
 from etpmitm.interfaces import IFlowObserver
 from etpmitm.mint import LeafName
 
@@ -31,6 +34,9 @@ class GatewaySettings:
     untrustedLeaves: LeafContexts | None = None
     """Signs leaves for untrusted origins under ``untrusted = "untrusted"``."""
     policy: PolicyHolder = attrs.Factory(PolicyHolder)
+    originCertificates: OriginCertificates = attrs.Factory(lambda: LRUCache(4096))
+    """What each origin certificate says, per name asked (see ``examine_origin``)."""
+    originSessions: OriginSessions = attrs.Factory(OriginSessions)
     handshakeTimeout: float = 10.0
     connectTimeout: float = 10.0
     idleTimeout: float = 300.0
