@@ -8,6 +8,7 @@ from etpmitm.clienthello import ClientHello
 from etpmitm.gateway.intake import Intake
 from etpmitm.gateway.origdst import unmap
 from etpmitm.learning import Key, bypass_key
+from etpmitm.mint import LeafName
 from etpmitm.policy import Decision
 
 
@@ -28,6 +29,19 @@ def policyDecision(intake: Intake, hello: ClientHello, names: Sequence[str] = ()
     decision = intake.settings.policy.current.decide(names=names, **_facts(intake, hello))  # type: ignore[arg-type]
     intake.record.policy = decision.reason
     return decision
+
+
+LEARNED_BYPASS = "learned bypass (interception failed here before)"
+
+
+def requestedNames(intake: Intake, hello: ClientHello) -> tuple[str, tuple[LeafName, ...]]:
+    """The host the device asked for (for a page) and the names for its leaf:
+    the SNI, or the destination address when it sent none."""
+    dst = intake.destination
+    assert dst is not None
+    if hello.sni:
+        return hello.sni, (hello.sni,)
+    return str(dst.ip), (dst.ip,)
 
 
 def learnedKey(intake: Intake, hello: ClientHello) -> Key:

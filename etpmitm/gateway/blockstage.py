@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from etpmitm.blockpage import ALERT_ACCESS_DENIED, BlockPageH2, BlockPageHTTP1, BlockResponse, responder_for, tls_alert
 from etpmitm.clienthello import ClientHello
+from etpmitm.gateway.asking import requestedNames
 from etpmitm.gateway.devicetls import serveDevice
 from etpmitm.gateway.intake import Intake
 
@@ -94,11 +95,9 @@ class PolicyBlock:
 
     def start(self) -> None:
         intake, hello = self._intake, self._hello
-        assert intake.destination is not None
         intake.record.action = "block"
         intake.record.refused(self._reason)
-        host = hello.sni or str(intake.destination.ip)
-        names = (hello.sni,) if hello.sni else (intake.destination.ip,)
+        host, names = requestedNames(intake, hello)
         context = intake.settings.leaves.contextFor(names, None)
         response = BlockResponse.render(host, self._reason, "policy", status=403)
         serveBlockPage(intake, hello, context, response)

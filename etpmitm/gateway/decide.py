@@ -5,16 +5,13 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from etpmitm.clienthello import ClientHello
-from etpmitm.gateway.asking import learnedBypass, needsNames, policyDecision
+from etpmitm.gateway.asking import LEARNED_BYPASS, learnedBypass, needsNames, policyDecision
 from etpmitm.gateway.blockstage import PolicyBlock, Refusal
 from etpmitm.gateway.intake import Intake, Stage
 from etpmitm.gateway.intercept import Interception
 from etpmitm.gateway.splice import Splice
 
 log = Logger()
-
-LEARNED = "learned bypass (interception failed here before)"
-
 
 def decide(intake: Intake, hello: ClientHello | None) -> Stage:
     """Pick the stage for a connection whose first bytes have been judged.
@@ -41,5 +38,5 @@ def decide(intake: Intake, hello: ClientHello | None) -> Stage:
     if decision.action == "block":
         return PolicyBlock(intake, hello, f"blocked by policy: {decision.reason}")
     if learnedBypass(intake, hello):
-        return Splice(intake, LEARNED)
+        return Splice(intake, LEARNED_BYPASS)
     return Interception(intake, hello, decided=True)

@@ -21,6 +21,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 _READ_SIZE = 2**16
+_RECORD = 2**14  # the most plaintext one TLS record carries
+_BIO_READ = 2**18
 
 
 @implementer(IHalfCloseableProtocol)
@@ -50,23 +52,59 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
         self._checkHandshakeStatus()
 
     def _flushReceiveBIO(self) -> None:
+        # Deliver everything one TCP read decrypted to in one call: a relay
+        # then forwards it with one write instead of one per 16 KiB record.
+        chunks: list[bytes] = []
+        ended = False
+        failed: Failure | None = None
         while not self._lostTLSConnection and not self._readClosed:
             try:
-                data = self._tlsConnection.recv(_READ_SIZE)
+                chunks.append(self._tlsConnection.recv(_READ_SIZE))
             except WantReadError:
                 break
             except ZeroReturnError:
-                self.closeNotifyReceived = True
-                self._endOfInput()
+                ended = True
+                break
             except Error:
-                self._tlsShutdownFinished(Failure())
-            else:
-                if not self._aborted:
-                    ProtocolWrapper.dataReceived(self, data)
+                failed = Failure()
+                break
+        if chunks and not self._aborted:
+            ProtocolWrapper.dataReceived(self, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if ended and not self._lostTLSConnection:
+            self.closeNotifyReceived = True
+            self._endOfInput()
+        elif failed is not None:
+            self._tlsShutdownFinished(failed)
         # Closing a TCP connection whose write side is already shut calls
         # connectionLost at once, which drops the TLS connection.
         if self._tlsConnection is not None:
             self._flushSendBIO()
+
+    def _write(self, data: bytes) -> None:
+        """Encrypt all of ``data``, then hand the records to TCP in one write."""
+        if self._lostTLSConnection:
+            return
+        sent = 0
+        while sent < len(data):
+            try:
+                sent += self._tlsConnection.send(data[sent : sent + _RECORD])
+            except WantReadError:
+                self._bufferedWrite(data[sent:])
+                break
+            except Error:
+                self._tlsShutdownFinished(Failure())
+                return
+        self._flushSendBIO()
+
+    def _flushSendBIO(self) -> None:
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunks.append(self._tlsConnection.bio_read(_BIO_READ))
+            except WantReadError:
+                break
+        if chunks:
+            self._tcp().write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def readConnectionLost(self) -> None:
         """The underlying TCP connection got a FIN."""

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 
 from etpmitm.blockpage import BlockResponse
 from etpmitm.clienthello import ClientHello
-from etpmitm.gateway.asking import learnedBypass, learnedKey, policyDecision
+from etpmitm.gateway.asking import LEARNED_BYPASS, learnedBypass, learnedKey, policyDecision, requestedNames
 from etpmitm.gateway.blockstage import PolicyBlock, serveBlockPage
 from etpmitm.gateway.devicetls import serveDevice
 from etpmitm.gateway.ends import TLSEnd
@@ -141,7 +141,7 @@ class Interception:
         elif decision.action == "block":
             self._handOver(PolicyBlock(intake, hello, f"blocked by policy: {decision.reason}"))
         elif learnedBypass(intake, hello):
-            self._handOver(Splice(intake, "learned bypass (interception failed here before)"))
+            self._handOver(Splice(intake, LEARNED_BYPASS))
         else:
             return True
         return False
@@ -170,14 +170,12 @@ class Interception:
         # Block: a page, under a certificate the device trusts, or under the
         # untrusted CA when the policy says the browser must warn.
         self._dropOrigin()
-        assert intake.destination is not None
         intake.record.action = "block"
-        names = (hello.sni,) if hello.sni else (intake.destination.ip,)
+        host, names = requestedNames(intake, hello)
         leaves = intake.settings.leaves
         if mode == "untrusted" and intake.settings.untrustedLeaves is not None:
             leaves = intake.settings.untrustedLeaves
         context = leaves.contextFor(names, None)
-        host = hello.sni or str(intake.destination.ip)
         serveBlockPage(intake, hello, context, BlockResponse.render(host, reason, "untrusted-origin"))
 
     # -- the device ----------------------------------------------------------
