@@ -407,12 +407,7 @@ def no_learning_policy(work: Path) -> list[str]:
     if "policy" not in Options():
         return []
     policy = work / "bench-policy.toml"
-    # enabled = false alone is not enough in every version (not passed on):
-    # the rest makes a bypass need 1000 failures in 1 ms and last 1 ms.
-    policy.write_text(
-        "# bench: defaults, but no learned bypasses\n"
-        "[learning]\nenabled = false\nfailures = 1000\nwindow = 0.001\nttl = 0.001\n"
-    )
+    policy.write_text("# bench: defaults, but no learned bypasses\n[learning]\nenabled = false\n")
     return [f"--policy={policy}"]
 
 
