@@ -39,6 +39,11 @@ class OriginSessions:
         origin.end.closed.addCallback(lambda _: self._store(key, connection))
 
     def _store(self, key: Key, connection: SSL.Connection) -> None:
+        # OpenSSL marks the session of a connection freed without a sent
+        # close_notify as not resumable (a TLS 1.0 rule; since TLS 1.1 a
+        # premature close need not end the session).  The relay mirrors the
+        # peers' closes, so say the connection was shut down.
+        connection.set_shutdown(SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN)
         session = connection.get_session()
         if session is not None:
             self._sessions.put(key, session)
