@@ -13,7 +13,6 @@ from __future__ import annotations
 import random
 import shutil
 import socket
-import ssl
 import struct
 import subprocess
 import time
@@ -34,6 +33,7 @@ from etpmitm.clienthello import (
     NeedMore,
     NotTLS,
 )
+from tests.hellos import python_client_hello
 
 Result = NeedMore | NotTLS | ClientHello
 
@@ -151,19 +151,8 @@ def single_record_message(data: bytes) -> bytes:
 
 @cache
 def python_hello(server_hostname: str | None, alpn: tuple[str, ...]) -> bytes:
-    """The ClientHello that Python's ssl module sends, made without a socket."""
-    context = ssl.create_default_context()
-    if server_hostname is None:
-        context.check_hostname = False
-    if alpn:
-        context.set_alpn_protocols(list(alpn))
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls_object = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
-    try:
-        tls_object.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
+    """The ClientHello that Python's ssl module sends, made without a socket (cached)."""
+    return python_client_hello(server_hostname, list(alpn) or None)
 
 
 class ClientDidNotConnect(Exception):
