@@ -59,7 +59,7 @@ class GatewayLab:
             [Path(sys.executable).parent / "etpmitm", "ca", "init", "--dir", self.ca_dir],
             check=True, capture_output=True, env={**os.environ, **gateway_env()},
         )
-        argv = [
+        argv: list[str | os.PathLike[str]] = [
             TWISTD, "-n", "--pidfile=", "etpmitm",
             "--ca-dir", self.ca_dir,
             "--upstream-trust", self.trust,

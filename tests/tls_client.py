@@ -45,7 +45,7 @@ def _handshake(sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO,
 
 def _read_all(sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> tuple[bytes, bool]:
     """Read until the peer's close_notify (clean=True) or a bare EOF."""
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         try:
             chunk = tls.read(65536)
