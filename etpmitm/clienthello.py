@@ -116,6 +116,10 @@ class NotTLS:
     """The stream does not start with a well-formed TLS ClientHello."""
 
     reason: str
+    malformed: bool = attrs.field(default=False, eq=False)
+    """True when the stream did start as a TLS handshake record, so this is
+    broken (or hostile) TLS rather than another protocol.  Derived from how
+    the stream failed, so not part of equality: the reason identifies it."""
 
 
 @attrs.frozen
@@ -186,7 +190,7 @@ class ClientHelloParser:
         try:
             result = self._advance()
         except _Malformed as e:
-            result = NotTLS(str(e))
+            result = NotTLS(str(e), malformed=True)
         if not isinstance(result, NeedMore):
             self._result = result
         return result

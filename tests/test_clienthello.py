@@ -353,6 +353,21 @@ class RealClientTests(ParsedTestCase):
         self.assertIn(0x0304, hello.supported_versions)
         self.assertEqual(hello.length, len(data))
 
+    def test_malformed_flag(self) -> None:
+        """Broken TLS is flagged as such; another protocol is not."""
+        hello = bytearray(python_hello("x.example", ()))
+        hello[6:9] = (0xFFFFFF).to_bytes(3, "big")
+        broken = ClientHelloParser().feed(bytes(hello))
+        self.assertIsInstance(broken, NotTLS)
+        assert isinstance(broken, NotTLS)
+        self.assertTrue(broken.malformed, broken.reason)
+        http = ClientHelloParser().feed(b"GET / HTTP/1.1\r\n")
+        assert isinstance(http, NotTLS)
+        self.assertEqual((http.reason, http.malformed), ("looks like plain HTTP", False))
+        oversized = ClientHelloParser().feed(b"\x16\x03\x01\x40\x00\x01\xff\xff\xff")
+        assert isinstance(oversized, NotTLS)
+        self.assertTrue(oversized.malformed, oversized.reason)
+
     def test_curl_plain_http(self) -> None:
         need("curl")
         data = capture(curl("http", "curl.example"))

@@ -161,6 +161,18 @@ class IntakeTests(SynchronousTestCase):
         [stage] = self.stages
         self.assertIsNone(stage.hello)
 
+    def test_malformedHelloIsRefusedNotSpliced(self) -> None:
+        """TLS that breaks its own framing is refused, never passed through."""
+        hello = bytearray(python_client_hello())
+        hello[3:5] = (len(hello) + 100).to_bytes(2, "big")  # a record longer than...
+        hello[6:9] = (0xFFFFFF).to_bytes(3, "big")  # ...and a handshake length that lies
+        intake, transport = self.connect()
+        intake.dataReceived(bytes(hello))
+        self.assertEqual(self.stages, [])
+        self.assertTrue(transport.aborted)
+        intake.connectionLost()
+        self.assertIn("malformed ClientHello", self.audit()["reason"])
+
     def test_truncatedHelloThenFIN(self) -> None:
         """A client that closes mid-ClientHello is refused with the byte count."""
         hello = python_client_hello()

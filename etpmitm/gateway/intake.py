@@ -108,7 +108,10 @@ class Intake(Protocol):
         if isinstance(result, NeedMore):
             return
         self._reading(False)
-        if isinstance(result, NotTLS):
+        if isinstance(result, NotTLS) and result.malformed:
+            # Broken TLS is refused, never passed through uninspected.
+            self.refuse(f"malformed ClientHello: {result.reason}")
+        elif isinstance(result, NotTLS):
             self.record.reason = f"not TLS: {result.reason}"
             self._startStage(None)
         else:
