@@ -6,29 +6,34 @@ from collections.abc import Sequence
 
 from etpmitm.clienthello import ClientHello
 from etpmitm.gateway.intake import Intake
-from etpmitm.gateway.origdst import unmap
+from etpmitm.gateway.origdst import IPAddress, unmap
 from etpmitm.learning import Key, bypass_key
 from etpmitm.mint import LeafName
 from etpmitm.policy import Decision
 
 
-def _facts(intake: Intake, hello: ClientHello) -> dict[str, object]:
-    dst = intake.destination
-    assert dst is not None
-    client = unmap(intake.tcp.getPeer().host)
-    return {"sni": hello.sni, "destination": dst.ip, "port": dst.port, "client": client, "ech": hello.has_ech}
-
-
 def needsNames(intake: Intake, hello: ClientHello) -> bool:
     """Whether the decision has to wait for the origin certificate's names."""
-    return intake.settings.policy.current.needs_names(**_facts(intake, hello))  # type: ignore[arg-type]
+    dst = intake.destination
+    assert dst is not None
+    return intake.settings.policy.current.needs_names(
+        sni=hello.sni, destination=dst.ip, port=dst.port, client=_client(intake), ech=hello.has_ech
+    )
 
 
 def policyDecision(intake: Intake, hello: ClientHello, names: Sequence[str] = ()) -> Decision:
     """The policy's decision, recorded for the audit log."""
-    decision = intake.settings.policy.current.decide(names=names, **_facts(intake, hello))  # type: ignore[arg-type]
+    dst = intake.destination
+    assert dst is not None
+    decision = intake.settings.policy.current.decide(
+        sni=hello.sni, destination=dst.ip, port=dst.port, client=_client(intake), names=names, ech=hello.has_ech
+    )
     intake.record.policy = decision.reason
     return decision
+
+
+def _client(intake: Intake) -> IPAddress:
+    return unmap(intake.tcp.getPeer().host)
 
 
 LEARNED_BYPASS = "learned bypass (interception failed here before)"
