@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 from typing import Any, cast
@@ -192,8 +193,20 @@ def makeService(options: Options) -> IService:
         bundle=str(bundle),
         policy=options["policy"] or "(built-in: intercept all, block untrusted origins)",
     )
-    log.info(
-        "Send traffic here with: iptables -t nat -A PREROUTING -i <lan-if> -p tcp --dport 443 "
-        "-j REDIRECT --to-ports <port>  (see deploy/iptables.sh)"
-    )
+    for port in _listenPorts(options["listen"]):
+        log.info(
+            "Send traffic here with: iptables -t nat -A PREROUTING -i <lan-if> -p tcp --dport 443 "
+            "-j REDIRECT --to-ports {port} (and ip6tables; or deploy/iptables.sh --lan-if <lan-if> --port {port})",
+            port=port,
+        )
     return top
+
+
+def _listenPorts(descriptions: list[str]) -> list[str]:
+    """The TCP ports in strports descriptions such as ``tcp:8443`` or ``tcp6:port=8443``."""
+    ports = []
+    for description in descriptions:
+        match = re.match(r"^tcp6?:(?:port=)?(\d+)", description)
+        if match and match.group(1) not in ports:
+            ports.append(match.group(1))
+    return ports

@@ -118,7 +118,7 @@ class StartupTests(TestCase):
         ca = self.work / "state" / "ca"
         self.assertIn(f"Created an own-root CA in {ca}; install {ca / 'root.pem'} on devices", text)
         self.assertIn("etpmitm: listen on tcp:0:interface=127.0.0.1", text)
-        self.assertIn("REDIRECT --to-ports", text)
+        self.assertIn("REDIRECT --to-ports 0 ", text)
         for key in ("ca.key", "root.key", "leaf-ecdsa.key"):
             self.assertEqual(stat.S_IMODE((ca / key).stat().st_mode), 0o600, key)
         self.assertNotIn("PRIVATE KEY", text)
