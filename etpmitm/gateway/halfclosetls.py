@@ -97,11 +97,17 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
         self._flushSendBIO()
 
     def _flushSendBIO(self) -> None:
+        # A memory BIO hands over all it holds up to the size asked for, so
+        # only a full read means there may be more (and an empty BIO costs a
+        # raised WantReadError, which is worth avoiding per write).
         chunks: list[bytes] = []
         while True:
             try:
-                chunks.append(self._tlsConnection.bio_read(_BIO_READ))
+                chunk = self._tlsConnection.bio_read(_BIO_READ)
             except WantReadError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < _BIO_READ:
                 break
         if chunks:
             self._tcp().write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
