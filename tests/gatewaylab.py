@@ -130,6 +130,18 @@ class GatewayLab:
     def shell(self, command: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self.lab.client.run(["bash", "-o", "pipefail", "-c", command], check=False, timeout=timeout)
 
+    def send_raw(self, host: str, port: int, data: bytes, read: int = 64) -> str:
+        """Send ``data`` over plain TCP from the client namespace; return the hex
+        of the first bytes that come back ("" when the gateway just closes)."""
+        script = (
+            "import socket\n"
+            f"s = socket.create_connection(({host!r}, {port}), timeout=30)\n"
+            f"s.sendall(bytes.fromhex({data.hex()!r}))\n"
+            f"print(s.recv({read}).hex())\n"
+        )
+        done = self.lab.client.run(["python3", "-c", script], check=False, timeout=60)
+        return done.stdout.strip()
+
     def python_client(self, *args: str, timeout: float = 120) -> dict[str, Any]:
         argv = [sys.executable, str(TLS_CLIENT), "--cafile", str(self.root), *args]
         done = self.lab.client.run(argv, check=False, timeout=timeout)
