@@ -106,7 +106,7 @@ def _explain(failure: Failure, record: VerificationRecord) -> Failure:
     kind = "unreachable"
     if isinstance(value, error.ConnectionRefusedError):
         reason = "origin refused the connection"
-    elif isinstance(value, (error.TimeoutError, error.UserError)) or "timeout" in type(value).__name__.lower():
+    elif isinstance(value, error.TimeoutError):
         reason = "origin connection timed out"
     elif isinstance(value, (error.NoRouteError, error.ConnectError)):
         reason = f"origin unreachable: {value}"
