@@ -55,10 +55,10 @@ class WeakCryptoTests(SynchronousTestCase):
         from cryptography.hazmat.primitives.asymmetric import ec, rsa
         from cryptography.x509.oid import NameOID
 
-        def cert(key: object, signer: object, algorithm: hashes.HashAlgorithm, self_signed: bool = False) -> x509.Certificate:
+        def cert(key: object, signer: object, algorithm: hashes.HashAlgorithm) -> x509.Certificate:
             now = datetime.datetime.now(datetime.timezone.utc)
             subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leaf")])
-            issuer = subject if self_signed else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])
+            issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca")])
             return (
                 x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
                 .public_key(key.public_key())  # type: ignore[attr-defined]
