@@ -20,6 +20,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from etpmitm.gateway.writenow import holding, writeNow
+
 _READ_SIZE = 2**16
 _RECORD = 2**14  # the most plaintext one TLS record carries
 _BIO_READ = 2**18
@@ -50,6 +52,10 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
         if self._connectWrapped:
             self.wrappedProtocol.makeConnection(self)
         self._checkHandshakeStatus()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from TCP; what they cause to be sent leaves together at the end."""
+        holding(super().dataReceived, data)
 
     def _flushReceiveBIO(self) -> None:
         # Deliver everything one TCP read decrypted to in one call: a relay
@@ -110,7 +116,7 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
             if len(chunk) < _BIO_READ:
                 break
         if chunks:
-            self._tcp().write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            writeNow(self.transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def readConnectionLost(self) -> None:
         """The underlying TCP connection got a FIN."""
