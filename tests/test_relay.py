@@ -124,6 +124,29 @@ class RelayTests(SynchronousTestCase):
         self.assertEqual(done, [relay])
         self.assertEqual(observer.events[-1], ("closed", b""))
 
+    def test_resetAfterItsDirectionEndedIsNoError(self) -> None:
+        """A device that resets once the origin's whole response and its end
+        were passed on (it closed with our close_notify unread) lost nothing:
+        noted, not an error.  The origin still sees the reset."""
+        relay, device, origin, _, _, _ = makeRelay()
+        relay.start()
+        origin.dataReceived(b"response")
+        origin.readConnectionLost()
+        device.connectionLost(Failure(ConnectionLost("reset")))
+        self.assertTrue(transport(origin).aborted)
+        self.assertIsNone(relay.error)
+        self.assertIn("device connection lost", relay.note or "")
+        self.assertIn("after its direction ended", relay.note or "")
+
+    def test_resetBeforeItsDirectionEndedIsAnError(self) -> None:
+        relay, device, origin, _, _, _ = makeRelay()
+        relay.start()
+        device.readConnectionLost()  # the device finished its request...
+        origin.dataReceived(b"half a response")
+        device.connectionLost(Failure(ConnectionLost("reset")))  # ...and reset mid-response
+        self.assertIn("device connection lost", relay.error or "")
+        self.assertIsNone(relay.note)
+
     def test_cleanCloseClosesTheOther(self) -> None:
         relay, device, origin, _, _, done = makeRelay()
         relay.start()

@@ -17,6 +17,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from etpmitm.gateway.writenow import writeNow
 from etpmitm.interfaces import IFlowObserver
 
 RELAY_BUFFER = 256 * 1024
@@ -91,6 +92,7 @@ class Relay:
         self._lost: set[str] = set()
         self.idled = False
         self.error: str | None = None
+        self.note: str | None = None
 
     def start(self) -> None:
         """Wire the producers, then deliver anything that arrived early."""
@@ -118,7 +120,7 @@ class Relay:
                 observer.deviceData(data)
             else:
                 observer.originData(data)
-        self._peer(end).transport.write(data)  # type: ignore[union-attr]
+        writeNow(self._peer(end).transport, data)
 
     def endOfInput(self, end: RelayEnd) -> None:
         """``end``'s peer finished sending: finish the same direction onward.
@@ -144,8 +146,14 @@ class Relay:
             if isinstance(reason.value, ConnectionDone):
                 peer.loseConnection()
             else:
-                if self.error is None:
-                    self.error = f"{end.side} connection lost: {reason.getErrorMessage()}"
+                lost = f"{end.side} connection lost: {reason.getErrorMessage()}"
+                if end.writeEnded:
+                    # Everything bound for it was sent and ended: a client
+                    # that closes with our close_notify unread resets, and
+                    # nothing was lost.
+                    self.note = self.note or f"{lost} (after its direction ended)"
+                elif self.error is None:
+                    self.error = lost
                 peer.abortConnection()  # type: ignore[attr-defined]
         if len(self._lost) == 2:
             self._stopIdle()

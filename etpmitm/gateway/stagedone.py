@@ -15,4 +15,6 @@ def relayFinished(intake: Intake, relay: Relay) -> None:
         record.reason = record.reason or "idle timeout"
     elif relay.error is not None:
         record.fail(relay.error)
+    elif relay.note is not None:
+        record.reason = record.reason or relay.note
     intake.finish()
