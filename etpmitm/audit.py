@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
@@ -12,7 +13,7 @@ log = Logger(namespace="etpmitm.audit")
 _FORMAT = (
     "{client} -> {destination} sni={sni} action={action} outcome={outcome} "
     "reason={reason!r} policy={policy!r} alpn={alpn} up={bytes_up} down={bytes_down} "
-    "duration={duration:.3f}s"
+    "duration={duration:.3f}s pid={pid}"
 )
 
 
@@ -36,6 +37,8 @@ class ConnectionRecord:
     bytes_up: int = 0
     bytes_down: int = 0
     duration: float = 0.0
+    pid: int = attrs.field(factory=os.getpid)
+    """The process (with ``--workers``, the worker) that handled it."""
     _emitted: bool = False
 
     def fail(self, reason: str) -> None:
