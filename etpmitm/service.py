@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorProcess, IReactorSocket, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -27,7 +29,10 @@ from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.gateway.settings import GatewaySettings
 from etpmitm.gateway.upstream import TrustStoreError, system_bundle, upstream_context
 from etpmitm.keyfiles import KeyFileError, read_passphrase_file
+from etpmitm.learning import Key
 from etpmitm.policy import PolicyError
+from etpmitm.sharedports import AdoptedPorts, bindShared
+from etpmitm.workers import MasterLink, WorkerPool
 
 log = Logger()
 
@@ -59,11 +64,17 @@ class Options(usage.Options):
         ["leaf-cache", None, 4096, "How many minted leaves (and their TLS contexts) to keep", int],
         ["passphrase-file", None, None, "File holding the passphrase of the keys at rest"],
         ["policy", None, None, "Policy file (TOML): rules, untrusted-origin action, learning; SIGHUP reloads it"],
+        ["workers", None, "1", "Worker processes sharing the listening sockets: a number, or auto (one per core)"],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["worker-listen"] = []
+
+    def opt_worker_listen(self, fd: str) -> None:
+        """Internal: a listening socket inherited from the master (--workers)."""
+        self["worker-listen"].append(int(fd))
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on (strports syntax; repeatable; default tcp:8443)."""
@@ -76,6 +87,19 @@ class Options(usage.Options):
             raise usage.UsageError("--leaf-key must be ecdsa or rsa")
         if self["leaf-cache"] < 1:
             raise usage.UsageError("--leaf-cache must be at least 1")
+        self["workers"] = _workerCount(self["workers"])
+
+
+def _workerCount(value: str) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 256:
+        raise usage.UsageError(f"--workers must be auto or a number from 1 to 256, not {value!r}")
+    return count
 
 
 class StartupError(SystemExit):
@@ -118,13 +142,17 @@ class GatewayService(MultiService):
     SIGHUP reloads the policy file.
     """
 
-    def __init__(self, policy: PolicyHolder) -> None:
+    def __init__(self, policy: PolicyHolder, master: MasterLink | None = None) -> None:
         super().__init__()
         self.policy = policy
+        self.master = master
 
     def startService(self) -> None:
         super().startService()
         from twisted.internet import reactor
+
+        if self.master is not None:
+            self.master.start()
 
         def onHangup(signum: int, frame: object) -> None:
             reactor.callFromThread(self.policy.reload)  # type: ignore[attr-defined]
@@ -164,6 +192,12 @@ def makeService(options: Options) -> IService:
     except (CAError, TrustStoreError, PolicyError) as e:
         raise StartupError(str(e)) from None
 
+    if options["workers"] > 1 and not options["worker-listen"]:
+        return _master(options, directory, ca, bundle)
+
+    link: MasterLink | None = None
+    if options["worker-listen"]:
+        link = MasterLink(reactor, lambda message: _learnedByAnother(policy, message))
     settings = GatewaySettings(
         reactor=cast(IReactorTCP, reactor),
         clock=cast(IReactorTime, reactor),
@@ -174,24 +208,34 @@ def makeService(options: Options) -> IService:
         handshakeTimeout=options["handshake-timeout"],
         connectTimeout=options["connect-timeout"],
         idleTimeout=options["idle-timeout"],
+        shareLearned=_shareLearned(link),
     )
     factory = IntakeFactory(settings, decide)
-    top = GatewayService(policy)
+    top = GatewayService(policy, link)
+    if link is not None:
+        AdoptedPorts(cast(IReactorSocket, reactor), options["worker-listen"], factory).setServiceParent(top)
+        log.info("etpmitm worker {pid} serving the master's sockets", pid=os.getpid())
+        return top
     for description in options["listen"]:
         try:
             strports.service(description, factory).setServiceParent(top)
         except (ValueError, KeyError, TypeError) as e:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
+    _logStart(options, directory, ca, bundle)
+    return top
 
+
+def _logStart(options: Options, directory: Path, ca: CertificateAuthority, bundle: Path) -> None:
     subject = ca.certificate.subject.rfc4514_string()
     log.info(
         "etpmitm: listen on {listen}; sign with {subject} from {directory}; "
-        "verify origins against {bundle}; policy {policy}",
+        "verify origins against {bundle}; policy {policy}; workers {workers}",
         listen=", ".join(options["listen"]),
         subject=subject,
         directory=str(directory),
         bundle=str(bundle),
         policy=options["policy"] or "(built-in: intercept all, block untrusted origins)",
+        workers=options["workers"],
     )
     for port in _listenPorts(options["listen"]):
         log.info(
@@ -199,7 +243,79 @@ def makeService(options: Options) -> IService:
             "-j REDIRECT --to-ports {port} (and ip6tables; or deploy/iptables.sh --lan-if <lan-if> --port {port})",
             port=port,
         )
+
+
+def _shareLearned(link: MasterLink | None) -> Callable[[Key, str], None]:
+    """How a worker tells the others (through the master) what it learned."""
+    if link is None:
+        return lambda key, why: None
+    master = link
+    return lambda key, why: master.send({"learned": list(key), "why": why})
+
+
+def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
+    """A bypass another worker learned: learn it here too."""
+    from twisted.internet import reactor
+
+    learned, why = message.get("learned"), message.get("why")
+    if not (isinstance(learned, list) and len(learned) == 2 and isinstance(why, str)):
+        return
+    key = (learned[0], str(learned[1]))
+    if policy.learned.learn(key, cast(IReactorTime, reactor).seconds(), why):
+        log.info("learned bypass for {key}: {why} (learned by another worker)", key=key, why=why)
+
+
+def _master(options: Options, directory: Path, ca: CertificateAuthority, bundle: Path) -> IService:
+    """The master of ``--workers N``: binds the sockets, runs the workers."""
+    for description in options["listen"]:
+        try:
+            serverFromString(None, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise StartupError(f"bad --listen {description!r}: {e}") from None
+    top = MasterService(options["listen"], options["workers"], _workerOptions(options, directory))
+    _logStart(options, directory, ca, bundle)
     return top
+
+
+def _workerOptions(options: Options, directory: Path) -> list[str]:
+    """The master's options, as each worker is given them."""
+    argv = [f"--ca-dir={directory.resolve()}"]
+    trust = options["upstream-trust"]
+    argv.append(f"--upstream-trust={trust if trust == 'system' else Path(trust).resolve()}")
+    for name in ("handshake-timeout", "connect-timeout", "idle-timeout", "leaf-key", "leaf-cache"):
+        argv.append(f"--{name}={options[name]}")
+    for name in ("passphrase-file", "policy"):
+        if options[name] is not None:
+            argv.append(f"--{name}={Path(options[name]).resolve()}")
+    return argv
+
+
+class MasterService(MultiService):
+    """Binds every ``--listen`` socket, then hands them to a :class:`WorkerPool`."""
+
+    def __init__(self, descriptions: list[str], workers: int, workerOptions: list[str]) -> None:
+        super().__init__()
+        self._descriptions = descriptions
+        self._workers = workers
+        self._workerOptions = workerOptions
+        self.pool: WorkerPool | None = None
+
+    def privilegedStartService(self) -> None:
+        from twisted.internet import reactor
+
+        groups = []
+        for description in self._descriptions:
+            try:
+                groups.append(bindShared(description, self._workers))
+            except CannotListenError as e:
+                raise StartupError(f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}") from None
+            except ValueError as e:
+                raise StartupError(f"bad --listen {description!r}: {e}") from None
+        # Worker i gets socket i of every group.
+        sockets = [[group[i] for group in groups] for i in range(self._workers)]
+        self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, self._workerOptions)
+        self.pool.setServiceParent(self)
+        super().privilegedStartService()
 
 
 def _listenPorts(descriptions: list[str]) -> list[str]:

@@ -94,6 +94,29 @@ class StartupTests(TestCase):
             done = self.twistd("--ca-dir", str(directory), "--listen", f"tcp:{port}:interface=127.0.0.1")
         self.assertOneLineError(done, f"cannot listen on 127.0.0.1:{port}", "Address already in use")
 
+    def test_portInUseWithWorkers(self) -> None:
+        """With --workers the master binds the sockets: the same one-line error."""
+        directory = self.ca()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            done = self.twistd("--ca-dir", str(directory), "--workers", "2", "--listen", f"tcp:{port}:interface=127.0.0.1")
+        self.assertOneLineError(done, f"cannot listen on 127.0.0.1:{port}", "Address already in use")
+
+    def test_workersNeedTCPListeners(self) -> None:
+        directory = self.ca()
+        done = self.twistd("--ca-dir", str(directory), "--workers", "2", "--listen", f"unix:{self.work / 'sock'}")
+        self.assertOneLineError(done, "bad --listen", "--workers needs tcp or tcp6")
+        self.assertOneLineError(self.twistd("--ca-dir", str(directory), "--workers", "2", "--listen", "bogus:1"),
+                                "bad --listen 'bogus:1'")
+
+    def test_badWorkers(self) -> None:
+        for value in ("0", "lots", "-1", "1000"):
+            done = self.twistd("--workers", value)
+            self.assertNotEqual(done.returncode, 0)
+            self.assertIn(f"--workers must be auto or a number from 1 to 256, not {value!r}", done.stderr + done.stdout)
+
     def test_badOptionValue(self) -> None:
         done = self.twistd("--handshake-timeout", "-1")
         self.assertNotEqual(done.returncode, 0)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from twisted.logger import Logger
+
 from etpmitm.clienthello import ClientHello
 from etpmitm.gateway.intake import Intake
 from etpmitm.gateway.origdst import IPAddress, unmap
 from etpmitm.learning import Key, bypass_key
 from etpmitm.mint import LeafName
 from etpmitm.policy import Decision
+
+log = Logger()
 
 
 def needsNames(intake: Intake, hello: ClientHello) -> bool:
@@ -58,3 +62,9 @@ def learnedKey(intake: Intake, hello: ClientHello) -> Key:
 def learnedBypass(intake: Intake, hello: ClientHello) -> bool:
     holder = intake.settings.policy
     return holder.learned.is_bypassed(learnedKey(intake, hello), intake.settings.clock.seconds())
+
+
+def announceLearned(intake: Intake, key: Key, why: str) -> None:
+    """Log a bypass just learned, and share it with the other workers."""
+    log.info("learned bypass for {key}: {why}", key=key, why=why)
+    intake.settings.shareLearned(key, why)

@@ -6,12 +6,18 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from etpmitm.blockpage import BlockResponse
 from etpmitm.clienthello import ClientHello
-from etpmitm.gateway.asking import LEARNED_BYPASS, learnedBypass, learnedKey, policyDecision, requestedNames
+from etpmitm.gateway.asking import (
+    LEARNED_BYPASS,
+    announceLearned,
+    learnedBypass,
+    learnedKey,
+    policyDecision,
+    requestedNames,
+)
 from etpmitm.gateway.blockstage import PolicyBlock, serveBlockPage
 from etpmitm.gateway.devicetls import serveDevice
 from etpmitm.gateway.ends import TLSEnd
@@ -25,7 +31,6 @@ from etpmitm.gateway.upstream import OriginCertificate, examine_origin
 from etpmitm.mint import name_text, origin_names
 from etpmitm.origintrust import OriginVerdict
 
-log = Logger()
 
 # Alerts a device sends when it rejects the gateway's certificate (pinning).
 _REJECTIONS = ("unknown ca", "bad certificate", "certificate unknown")
@@ -152,7 +157,7 @@ class Interception:
         key = learnedKey(intake, self._hello)
         why = "origin requests a client certificate"
         if intake.settings.policy.learned.learn(key, intake.settings.clock.seconds(), why):
-            log.info("learned bypass for {key}: {why}", key=key, why=why)
+            announceLearned(intake, key, why)
         self._handOver(Splice(intake, f"bypassed: {why}"))
 
     def _untrusted(self, verdict: OriginVerdict, facts: OriginCertificate | None) -> None:
@@ -238,4 +243,4 @@ class Interception:
         settings = intake.settings
         key = learnedKey(intake, self._hello)
         if settings.policy.learned.record_failure(key, settings.clock.seconds(), why):
-            log.info("learned bypass for {key}: {why}", key=key, why=why)
+            announceLearned(intake, key, why)

@@ -14,6 +14,7 @@ from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.gateway.sessions import OriginSessions
 from etpmitm.gateway.upstream import OriginCertificates
 from etpmitm.leafcache import LRUCache
+from etpmitm.learning import Key
 from etpmitm.interfaces import IFlowObserver
 from etpmitm.mint import LeafName
 
@@ -42,3 +43,5 @@ class GatewaySettings:
     idleTimeout: float = 300.0
     observers: Callable[[], tuple[IFlowObserver, ...]] = tuple
     originalDestination: Callable[[object], Destination] = transportDestination
+    shareLearned: Callable[[Key, str], None] = lambda key, why: None
+    """Tell the other workers of a bypass this one learned (see ``etpmitm.workers``)."""

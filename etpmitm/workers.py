@@ -1,0 +1,246 @@
+"""Worker processes that share the gateway's listening sockets.
+
+A Twisted reactor uses one core.  With ``--workers N`` the process started
+by twistd becomes a master: it binds N sockets per listening address in one
+``SO_REUSEPORT`` group (so a port in use still ends start-up with one line),
+never accepts on them, and runs N workers.  Each worker is a ``twistd
+etpmitm`` that adopts its own socket of each group; the kernel spreads new
+connections over the group by their addresses.  While a worker restarts,
+the master keeps its sockets open, so the connections the kernel gives them
+wait in their queue instead of being refused.
+
+The master:
+
+- restarts a worker that exits, after a delay that grows while workers keep
+  dying young;
+- passes SIGHUP (policy reload) on to every worker;
+- on shutdown sends them SIGTERM and waits for them (SIGKILL after
+  ``STOP_GRACE`` seconds).
+
+Each worker reads its standard input, a pipe from the master: when it reads
+end-of-file the master is gone, and the worker stops too.  Over that pipe,
+and one back (fd 3), workers share what they learn: a bypass one worker
+learns is sent to the master, which tells every other worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any, Callable, Sequence
+
+from twisted.application.service import Service
+from twisted.internet import abstract, fdesc
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessDone
+from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorProcess, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger()
+
+STOP_GRACE = 10.0
+"""Seconds a stopping worker gets before it is killed."""
+FIRST_LISTEN_FD = 4
+"""Workers find the listening sockets from this descriptor on (0: the
+master's pipe, 1-2: the master's output, 3: the pipe to the master)."""
+TO_MASTER_FD = 3
+YOUNG = 10.0
+"""A worker that exits sooner than this after its start counts as dying young."""
+MAX_RESTART_DELAY = 30.0
+
+
+def workerCommand(options: Sequence[str], listenFDs: int) -> list[str]:
+    """The command line of one worker: the master's options and the inherited sockets."""
+    inherited = [f"--worker-listen={FIRST_LISTEN_FD + i}" for i in range(listenFDs)]
+    return [sys.executable, "-m", "etpmitm.worker", *options, *inherited]
+
+
+class _Messages:
+    """JSON lines between master and worker."""
+
+    MAX_LENGTH = 65536
+
+    def __init__(self, handle: Callable[[dict[str, Any]], None]) -> None:
+        self._handle = handle
+        self._buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        *lines, self._buffer = (self._buffer + data).split(b"\n")
+        if len(self._buffer) > self.MAX_LENGTH:
+            log.warn("dropped an overlong message between master and worker")
+            self._buffer = b""
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                log.warn("ignored a malformed message between master and worker: {line!r}", line=line[:200])
+                continue
+            if isinstance(message, dict):
+                self._handle(message)
+
+
+class _Worker(ProcessProtocol):
+    def __init__(self, pool: WorkerPool, slot: int) -> None:
+        self.pool = pool
+        self.slot = slot
+        self.started = 0.0
+        self.pid = 0
+        self.ended: Deferred[None] = Deferred()
+        self.messages = _Messages(lambda message: pool.fromWorker(self, message))
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == TO_MASTER_FD:
+            self.messages.dataReceived(data)
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.transport is not None:
+            self.transport.writeToChild(0, json.dumps(message).encode() + b"\n")
+
+    def processEnded(self, reason: Failure) -> None:
+        self.pool.ended(self, reason)
+        self.ended.callback(None)
+
+
+class WorkerPool(Service):
+    """Runs and watches the workers; see the module's docstring."""
+
+    def __init__(
+        self,
+        reactor: IReactorProcess,
+        sockets: Sequence[Sequence[socket.socket]],
+        options: Sequence[str],
+    ) -> None:
+        self._reactor = reactor
+        self._sockets = sockets
+        self._options = options
+        self._workers: dict[int, _Worker] = {}
+        self._restarts: dict[int, IDelayedCall] = {}
+        self._delay = 1.0
+        self._stopping = False
+
+    def _clock(self) -> IReactorTime:
+        return self._reactor  # type: ignore[return-value]
+
+    def startService(self) -> None:
+        super().startService()
+        for slot in range(len(self._sockets)):
+            self._spawn(slot)
+        signal.signal(signal.SIGHUP, self._onHangup)
+
+    def _spawn(self, slot: int) -> None:
+        self._restarts.pop(slot, None)
+        worker = _Worker(self, slot)
+        childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2, TO_MASTER_FD: "r"}
+        for i, skt in enumerate(self._sockets[slot]):
+            childFDs[FIRST_LISTEN_FD + i] = skt.fileno()
+        argv = workerCommand(self._options, len(self._sockets[slot]))
+        worker.started = self._clock().seconds()
+        self._reactor.spawnProcess(worker, argv[0], argv, env=os.environ.copy(), childFDs=childFDs)
+        self._workers[slot] = worker
+        worker.pid = worker.transport.pid  # type: ignore[union-attr]
+        log.info("worker {slot} started, pid {pid}", slot=slot, pid=worker.pid)
+
+    @property
+    def pids(self) -> list[int]:
+        """The running workers' process ids."""
+        return [w.transport.pid for w in self._workers.values() if w.transport is not None and w.transport.pid]
+
+    def _onHangup(self, signum: int, frame: object) -> None:
+        for pid in self.pids:
+            os.kill(pid, signal.SIGHUP)
+
+    def fromWorker(self, sender: _Worker, message: dict[str, Any]) -> None:
+        """A worker learned something: tell the others."""
+        for worker in self._workers.values():
+            if worker is not sender:
+                worker.send(message)
+
+    def ended(self, worker: _Worker, reason: Failure) -> None:
+        if self._workers.get(worker.slot) is worker:
+            del self._workers[worker.slot]
+        if self._stopping:
+            return
+        how = "exited" if isinstance(reason.value, ProcessDone) else reason.getErrorMessage().rstrip(".")
+        lived = self._clock().seconds() - worker.started
+        self._delay = min(self._delay * 2, MAX_RESTART_DELAY) if lived < YOUNG else 1.0
+        log.error(
+            "worker {slot} (pid {pid}) {how} after {lived:.1f}s; restarting it in {delay:.0f}s",
+            slot=worker.slot, pid=worker.pid, how=how, lived=lived,
+            delay=self._delay,
+        )
+        self._restarts[worker.slot] = self._clock().callLater(self._delay, self._spawn, worker.slot)
+
+    def stopService(self) -> Deferred[object]:
+        super().stopService()
+        self._stopping = True
+        for call in self._restarts.values():
+            call.cancel()
+        self._restarts.clear()
+        workers = list(self._workers.values())
+        for worker in workers:
+            worker.transport.signalProcess("TERM")  # type: ignore[union-attr]
+        kill = self._clock().callLater(STOP_GRACE, self._kill, workers)
+        done: Deferred[object] = DeferredList([w.ended for w in workers])  # type: ignore[assignment]
+
+        def stopped(result: object) -> object:
+            if kill.active():
+                kill.cancel()
+            return result
+
+        return done.addBoth(stopped)
+
+    def _kill(self, workers: list[_Worker]) -> None:
+        for worker in workers:
+            if worker.transport is not None and worker.transport.pid:
+                log.warn("worker {slot} did not stop within {grace}s; killing it", slot=worker.slot, grace=STOP_GRACE)
+                worker.transport.signalProcess("KILL")
+
+
+class _MasterPipe(abstract.FileDescriptor):
+    """A worker's end of the master's pipe (standard input)."""
+
+    def __init__(self, reactor: IReactorCore, fd: int, protocol: _Messages, gone: Callable[[], None]) -> None:
+        super().__init__(reactor)  # type: ignore[arg-type]
+        self._fd = fd
+        self._protocol = protocol
+        self._gone = gone
+        fdesc.setNonBlocking(fd)
+        self.connected = True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> object:
+        return fdesc.readFromFD(self._fd, self._protocol.dataReceived)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._gone()
+
+
+class MasterLink:
+    """A worker's side of the link: messages both ways, and the master's end."""
+
+    def __init__(self, reactor: IReactorCore, handle: Callable[[dict[str, Any]], None]) -> None:
+        self._reactor = reactor
+        self._pipe = _MasterPipe(reactor, 0, _Messages(handle), self._masterGone)
+
+    def start(self) -> None:
+        self._pipe.startReading()
+
+    def send(self, message: dict[str, Any]) -> None:
+        """One message to the master (a few hundred bytes: one atomic pipe write)."""
+        try:
+            os.write(TO_MASTER_FD, json.dumps(message).encode() + b"\n")
+        except OSError as e:
+            log.warn("could not tell the master: {error}", error=e.strerror)
+
+    def _masterGone(self) -> None:
+        if self._reactor.running:
+            log.error("the master process is gone; this worker stops")
+            self._reactor.stop()

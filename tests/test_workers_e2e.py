@@ -1,0 +1,169 @@
+"""End to end: ``--workers 2`` in the namespace lab.
+
+A master that binds the sockets and two workers that serve them: traffic
+spreads over both, a bypass one worker learns reaches the other, SIGHUP
+reaches both, a killed worker is replaced, and workers end with the master.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from twisted.trial.unittest import TestCase
+
+from tests.gatewaylab import TWISTD, GatewayLab, gateway_env, quoted, shared_lab
+from tests.lab import Lab, lab_unavailable
+
+ORIGIN = Lab.origin_ip
+GOOD, MTLS = 443, 4433
+AUDIT_PID = re.compile(r" action=(\w+) outcome=(\w+) .* pid=(\d+)$", re.M)
+
+
+def build_lab() -> GatewayLab:
+    env = GatewayLab(dports=[GOOD, MTLS])
+    try:
+        public = env.public
+        cert, key = public.issue(["origin.test"], [ORIGIN])
+        env.origin(GOOD, [cert, public.intermediate], key)
+        cert, key = public.issue(["mtls.test"])
+        env.openssl_origin(MTLS, [cert, public.intermediate], key, "-verify", "1", "-CAfile", str(env.trust))
+        env.policy.write_text("# defaults\n")
+        env.start_gateway("--workers", "2", "--policy", str(env.policy))
+    except BaseException:
+        env.close()
+        raise
+    return env
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def wait_until(condition: object, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class WorkersEndToEndTests(TestCase):
+    skip = lab_unavailable()
+
+    def setUp(self) -> None:
+        self.env = shared_lab(__name__, build_lab)
+        assert self.env.gateway is not None
+        self.master = self.env.gateway.pid
+        self.assertTrue(wait_until(lambda: len(self.workers()) == 2), "the master does not run two workers")
+
+    def workers(self) -> list[int]:
+        return [pid for pid in children(self.master) if alive(pid)]
+
+    def events(self) -> list[tuple[str, str, int]]:
+        return [(a, o, int(p)) for a, o, p in AUDIT_PID.findall(self.env.log())]
+
+    def fetch(self, count: int) -> list[str]:
+        """count new connections to the origin through the gateway, one curl each."""
+        url = "https://origin.test/"
+        loop = (f"for i in $(seq {count}); do "
+                + quoted("curl", "-sS", "--max-time", "20", "--cacert", self.env.root,
+                         "--resolve", f"origin.test:443:{ORIGIN}", url)
+                + "; done")
+        done = self.env.shell(loop)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        return done.stdout.splitlines()
+
+    def test_trafficSpreadsOverBothWorkers(self) -> None:
+        before = len(self.events())
+        bodies = self.fetch(40)
+        self.assertEqual(bodies, ["origin ok"] * 40)
+        self.assertTrue(wait_until(lambda: len(self.events()) >= before + 40), self.env.log()[-3000:])
+        served = self.events()[before:]
+        self.assertEqual({(a, o) for a, o, _ in served}, {("intercept", "ok")})
+        pids = {pid for _, _, pid in served}
+        self.assertEqual(pids, set(self.workers()), "both workers, and only workers, serve")
+
+    def test_learnedBypassReachesTheOtherWorker(self) -> None:
+        """The worker that meets the mTLS origin learns the bypass and tells the
+        other (through the master); every later connection is spliced as
+        learned, whichever worker takes it."""
+        done = self.env.python_client("--host", ORIGIN, "--port", str(MTLS), "--sni", "mtls.test", "--insecure")
+        self.assertIn("s_server", done.get("body", ""), done)
+        learned = "learned bypass for ('mtls.test', '10.231.2.2:4433'): origin requests a client certificate"
+        self.env.wait_for_log(learned)
+        self.env.wait_for_log(learned + " (learned by another worker)")
+        before = len(self.events())
+        for _ in range(12):
+            done = self.env.python_client("--host", ORIGIN, "--port", str(MTLS), "--sni", "mtls.test", "--insecure")
+            self.assertIn("s_server", done.get("body", ""), done)
+        self.assertTrue(wait_until(lambda: len(self.events()) >= before + 12))
+        later = [line for line in self.env.log().splitlines() if f"-> {ORIGIN}:{MTLS} sni=mtls.test" in line][-12:]
+        for line in later:
+            self.assertIn("action=splice outcome=ok reason='learned bypass", line)
+
+    def test_hangupReachesEveryWorker(self) -> None:
+        line = "policy reloaded from"
+        before = self.env.log().count(line)
+        os.kill(self.master, signal.SIGHUP)
+        self.env.wait_for_log(line, count=before + 2)
+        self.assertEqual(len(self.workers()), 2)
+
+    def test_killedWorkerIsReplaced(self) -> None:
+        first, second = self.workers()
+        os.kill(first, signal.SIGKILL)
+        line = self.env.wait_for_log(f"(pid {first})")
+        self.assertIn("process ended by signal 9", line)
+        self.assertIn("restarting it in", line)
+        self.assertTrue(wait_until(lambda: len(self.workers()) == 2 and first not in self.workers()))
+        self.assertIn(second, self.workers())
+        self.assertEqual(self.fetch(10), ["origin ok"] * 10)
+
+
+class MasterLifetimeTests(TestCase):
+    """A second gateway in the lab's gateway namespace, on a port nothing redirects to."""
+
+    skip = lab_unavailable()
+
+    def setUp(self) -> None:
+        self.env = shared_lab(__name__, build_lab)
+
+    def start(self, port: int) -> tuple[subprocess.Popen[bytes], list[int]]:
+        argv = [TWISTD, "-n", "--pidfile=", "etpmitm", "--ca-dir", self.env.ca_dir,
+                "--upstream-trust", self.env.trust, "--listen", f"tcp:{port}", "--workers", "2"]
+        proc = self.env.lab.gateway.popen(argv, env=gateway_env(), cwd=self.env.lab.workdir)
+        self.assertTrue(wait_until(lambda: len([p for p in children(proc.pid) if alive(p)]) == 2),
+                        self.env.lab.log(proc))
+        self.env.lab.gateway.wait_for_port(port, proc=proc, timeout=30)
+        return proc, children(proc.pid)
+
+    def test_sigtermStopsWorkersThenMaster(self) -> None:
+        """The master waits for its workers: none is left once it has exited
+        (as twistd does, with the signal's own status)."""
+        proc, workers = self.start(9443)
+        proc.send_signal(signal.SIGTERM)
+        self.assertIn(proc.wait(30), (0, -signal.SIGTERM), self.env.lab.log(proc))
+        self.assertEqual([p for p in workers if alive(p)], [])
+
+    def test_workersEndWhenTheMasterDies(self) -> None:
+        proc, workers = self.start(9444)
+        proc.kill()
+        proc.wait(10)
+        self.assertTrue(wait_until(lambda: not any(alive(p) for p in workers)), self.env.lab.log(proc))
+        self.assertEqual(self.env.lab.log(proc).count("the master process is gone; this worker stops"), 2)
