@@ -172,7 +172,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def with_children(pid: int) -> list[int]:
-    """pid and its direct children (nginx: master and workers)."""
+    """pid and its direct children (nginx, or the gateway with --workers: master and workers)."""
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except FileNotFoundError:
@@ -372,11 +372,12 @@ class Bench:
     def cpu(self) -> CpuUse:
         """CPU seconds used so far by the gateway and by nginx (all processes)."""
         origin = sum(cpu_seconds(pid) for pid in with_children(self.origin.pid))
-        return CpuUse(time.monotonic(), cpu_seconds(self.gateway.pid), origin)
+        gateway = sum(cpu_seconds(pid) for pid in with_children(self.gateway.pid))
+        return CpuUse(time.monotonic(), gateway, origin)
 
     def rss(self) -> int:
-        """The gateway's resident memory, KiB."""
-        return rss_kib(self.gateway.pid)
+        """The gateway's resident memory, KiB (with --workers: master and workers)."""
+        return sum(rss_kib(pid) for pid in with_children(self.gateway.pid))
 
     def audit(self) -> Counter[str]:
         """The gateway's connection events so far, by "action/outcome"."""
