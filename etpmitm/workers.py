@@ -167,13 +167,14 @@ class WorkerPool(Service):
             return
         how = "exited" if isinstance(reason.value, ProcessDone) else reason.getErrorMessage().rstrip(".")
         lived = self._clock().seconds() - worker.started
-        self._delay = min(self._delay * 2, MAX_RESTART_DELAY) if lived < YOUNG else 1.0
+        if lived >= YOUNG:
+            self._delay = 1.0
+        delay, self._delay = self._delay, min(self._delay * 2, MAX_RESTART_DELAY)
         log.error(
             "worker {slot} (pid {pid}) {how} after {lived:.1f}s; restarting it in {delay:.0f}s",
-            slot=worker.slot, pid=worker.pid, how=how, lived=lived,
-            delay=self._delay,
+            slot=worker.slot, pid=worker.pid, how=how, lived=lived, delay=delay,
         )
-        self._restarts[worker.slot] = self._clock().callLater(self._delay, self._spawn, worker.slot)
+        self._restarts[worker.slot] = self._clock().callLater(delay, self._spawn, worker.slot)
 
     def stopService(self) -> Deferred[object]:
         super().stopService()
