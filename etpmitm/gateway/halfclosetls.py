@@ -22,7 +22,7 @@ from zope.interface import implementer
 
 from etpmitm.gateway.writenow import holding, writeNow
 
-_READ_SIZE = 2**16
+_READ_SIZE = 2**14  # one record's plaintext at most: SSL_read returns one record
 _RECORD = 2**14  # the most plaintext one TLS record carries
 _BIO_READ = 2**18
 
