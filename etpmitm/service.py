@@ -74,6 +74,8 @@ class Options(usage.Options):
 
     def opt_worker_listen(self, fd: str) -> None:
         """Internal: a listening socket inherited from the master (--workers)."""
+        if not fd.isdigit():
+            raise usage.UsageError(f"--worker-listen takes a file descriptor, not {fd!r}")
         self["worker-listen"].append(int(fd))
 
     def opt_listen(self, description: str) -> None:
