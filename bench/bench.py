@@ -2,7 +2,7 @@
 
 Run from the repository root, as root (it builds network namespaces)::
 
-    .venv/bin/python bench/bench.py [--quick] [--json OUT] [--profile DIR] [--learning] [--gateway-arg ARG]
+    .venv/bin/python bench/bench.py [--quick] [--json OUT] [--profile DIR] [--workers N|auto] [--learning] [--gateway-arg ARG]
 
 One namespace lab (tests/lab.py, tests/gatewaylab.py): the client namespace
 runs the load generators, the gateway namespace runs ``twistd -n etpmitm``
@@ -80,6 +80,7 @@ class Settings:
     hold: int = 1000  # open connections for the memory figure
     slow_seconds: int = 5  # slow reader duration
     profile: Path | None = None  # py-spy the gateway's last proxied runs into this directory
+    workers: str = "auto"  # the gateway's --workers, as deploy/etpmitm.service runs it
     gateway_args: tuple[str, ...] = ()  # added to the gateway's command line (default: none)
     learning: bool = False  # keep the gateway's learned bypasses on (see no_learning_policy)
 
@@ -426,7 +427,11 @@ def bench_lab(settings: Settings) -> Iterator[Bench]:
             tune(ns)
         with hosts_file(env.lab.client):
             origin = start_nginx(env)
-            args = [*([] if settings.learning else no_learning_policy(env.lab.workdir)), *settings.gateway_args]
+            args = [
+                *([] if settings.learning else no_learning_policy(env.lab.workdir)),
+                f"--workers={settings.workers}",
+                *settings.gateway_args,
+            ]
             print(f"gateway arguments beyond the lab's: {args}", flush=True)
             bench = Bench(env, origin, env.start_gateway(*args))
             for target in (bench.direct, bench.proxied):
@@ -613,7 +618,7 @@ def profiling(bench: Bench, settings: Settings, key: str | None) -> Iterator[Non
     settings.profile.mkdir(parents=True, exist_ok=True)
     raw = settings.profile / f"{key}.raw"
     argv = [
-        py_spy(), "record", "--pid", str(bench.gateway.pid), "--nonblocking", "--rate", "200",
+        py_spy(), "record", "--pid", str(bench.gateway.pid), "--subprocesses", "--nonblocking", "--rate", "200",
         "--format", "raw", "--output", str(raw), "--duration", str(settings.duration + 5),
     ]
     spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -784,7 +789,7 @@ def table(comparisons: dict[str, Comparison], mem: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines += [
         "",
-        "gateway memory (VmRSS of twistd)",
+        "gateway memory (VmRSS of twistd, with its workers)",
         f"  idle, fresh start                  {mem['rss_idle_start_kib'] / 1024:8.1f} MiB",
         f"  idle, after the loads              {mem['rss_idle_kib'] / 1024:8.1f} MiB",
         f"  {mem['open_connections']} open keep-alive connections   {mem['rss_open_kib'] / 1024:8.1f} MiB",
@@ -851,6 +856,7 @@ def main_bench(args: argparse.Namespace) -> int:
     settings = replace(
         Settings.quick() if args.quick else Settings(),
         profile=args.profile, gateway_args=tuple(args.gateway_arg), learning=args.learning,
+        workers=args.workers,
     )
     command = shlex.join([sys.executable, *sys.argv])
     host = machine()
@@ -925,6 +931,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--gateway-arg", action="append", default=[], metavar="ARG",
         help="add ARG to the gateway's command line (repeatable; e.g. --gateway-arg=--leaf-key=rsa)",
+    )
+    parser.add_argument(
+        "--workers", default="auto",
+        help="the gateway's --workers (default auto, as the systemd unit runs it; 1: one process)",
     )
     parser.add_argument(
         "--learning", action="store_true",
