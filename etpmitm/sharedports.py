@@ -59,12 +59,12 @@ class AdoptedPorts(Service):
     def startService(self) -> None:
         super().startService()
         for fd in self._fds:
-            family = socket.socket(fileno=fd)
+            probe = socket.socket(fileno=fd)
             try:
-                kind = family.family
+                family = probe.family
             finally:
-                family.detach()
-            self.ports.append(self._reactor.adoptStreamPort(fd, kind, self._factory))  # type: ignore[arg-type]
+                probe.detach()
+            self.ports.append(self._reactor.adoptStreamPort(fd, family, self._factory))  # type: ignore[arg-type]
             os.close(fd)  # the port holds its own duplicate
         self._fds = []
 
