@@ -11,7 +11,6 @@ from typing import Any, Callable, cast
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
@@ -269,11 +268,6 @@ def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
 
 def _master(options: Options, directory: Path, ca: CertificateAuthority, bundle: Path) -> IService:
     """The master of ``--workers N``: binds the sockets, runs the workers."""
-    for description in options["listen"]:
-        try:
-            serverFromString(None, description)
-        except (ValueError, KeyError, TypeError) as e:
-            raise StartupError(f"bad --listen {description!r}: {e}") from None
     top = MasterService(options["listen"], options["workers"], _workerOptions(options, directory))
     _logStart(options, directory, ca, bundle)
     return top
@@ -311,7 +305,7 @@ class MasterService(MultiService):
                 groups.append(bindShared(description, self._workers))
             except CannotListenError as e:
                 raise StartupError(f"cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}") from None
-            except ValueError as e:
+            except (ValueError, KeyError, TypeError) as e:
                 raise StartupError(f"bad --listen {description!r}: {e}") from None
         # Worker i gets socket i of every group.
         sockets = [[group[i] for group in groups] for i in range(self._workers)]
