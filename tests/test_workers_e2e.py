@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from twisted.trial.unittest import TestCase
@@ -55,10 +56,14 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def wait_until(condition: object, timeout: float = 15.0) -> bool:
+def live_children(pid: int) -> list[int]:
+    return [child for child in children(pid) if alive(child)]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return True
         time.sleep(0.05)
     return False
@@ -74,7 +79,7 @@ class WorkersEndToEndTests(TestCase):
         self.assertTrue(wait_until(lambda: len(self.workers()) == 2), "the master does not run two workers")
 
     def workers(self) -> list[int]:
-        return [pid for pid in children(self.master) if alive(pid)]
+        return live_children(self.master)
 
     def events(self) -> list[tuple[str, str, int]]:
         return [(a, o, int(p)) for a, o, p in AUDIT_PID.findall(self.env.log())]
@@ -148,8 +153,7 @@ class MasterLifetimeTests(TestCase):
         argv = [TWISTD, "-n", "--pidfile=", "etpmitm", "--ca-dir", self.env.ca_dir,
                 "--upstream-trust", self.env.trust, "--listen", f"tcp:{port}", "--workers", "2"]
         proc = self.env.lab.gateway.popen(argv, env=gateway_env(), cwd=self.env.lab.workdir)
-        self.assertTrue(wait_until(lambda: len([p for p in children(proc.pid) if alive(p)]) == 2),
-                        self.env.lab.log(proc))
+        self.assertTrue(wait_until(lambda: len(live_children(proc.pid)) == 2), self.env.lab.log(proc))
         self.env.lab.gateway.wait_for_port(port, proc=proc, timeout=30)
         return proc, children(proc.pid)
 
