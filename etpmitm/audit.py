@@ -1,20 +1,49 @@
-"""One structured audit event per connection."""
+"""One structured audit event per connection.
+
+The words are fixed (:data:`Action`, :data:`Outcome`) and documented in the
+README.  Every field a device or an origin controls is escaped, so that no
+peer can forge a line or write control characters into the log.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 from twisted.logger import Logger
 
 log = Logger(namespace="etpmitm.audit")
 
+Action = Literal["intercept", "splice", "block", "close", "refuse"]
+"""intercept: decrypted and relayed; splice: passed through as raw TCP;
+block: answered with a block page or alert; close: closed by policy
+(non-TLS or ECH); refuse: ended before a decision (not redirected, malformed,
+timed out, went away) or after a failure on the way to one."""
+
+Outcome = Literal["ok", "refused", "error"]
+"""ok: ended normally; refused: ended on purpose by policy; error: something failed."""
+
 _FORMAT = (
     "{client} -> {destination} sni={sni} action={action} outcome={outcome} "
     "reason={reason!r} policy={policy!r} alpn={alpn} up={bytes_up} down={bytes_down} "
     "duration={duration:.3f}s pid={pid}"
 )
+
+
+def token(value: str | None) -> str:
+    """``value`` as one log-safe word: anything but printable ASCII other than
+    backslash, quotes and space is written as ``\\xNN`` (or ``\\uNNNN``)."""
+    if value is None:
+        return "None"
+    if value.isascii() and value.isprintable() and not any(c in value for c in ' \\"\''):
+        return value
+    return "".join(c if c.isascii() and c.isprintable() and c not in ' \\"\'' else _escape(c) for c in value)
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 @attrs.define
@@ -27,13 +56,15 @@ class ConnectionRecord:
     sni: str | None = None
     alpn_offered: tuple[str, ...] = ()
     ech: bool = False
-    action: str = "pending"  # intercept | splice | refuse
-    outcome: str = "open"  # ok | refused (by policy) | error
+    action: Action | None = None
+    outcome: Outcome | None = None
+    """None while nothing has gone wrong; ``ok`` when logged that way."""
     reason: str = ""
     alpn: str | None = None
     tls_version: str | None = None
     origin_verdict: str | None = None
-    policy: str | None = None  # why the policy chose the action
+    policy: str | None = None
+    """Why the policy chose the action."""
     bytes_up: int = 0
     bytes_down: int = 0
     duration: float = 0.0
@@ -49,25 +80,23 @@ class ConnectionRecord:
 
     def refused(self, reason: str) -> None:
         """The policy ended this connection on purpose."""
-        self.outcome = "refused"
-        self.reason = reason
+        if self.outcome != "error":
+            self.outcome = "refused"
+            self.reason = reason
 
     def fields(self) -> dict[str, Any]:
-        return {
-            a.name: getattr(self, a.name)
-            for a in attrs.fields(ConnectionRecord)
-            if not a.name.startswith("_")
-        }
+        return {a.name: getattr(self, a.name) for a in attrs.fields(ConnectionRecord) if not a.name.startswith("_")}
 
     def emit(self, now: float) -> None:
         """Log the event, once."""
         if self._emitted:
             return
         self._emitted = True
-        if self.outcome == "open":
-            self.outcome = "ok"
+        self.action = self.action or "refuse"
+        self.outcome = self.outcome or "ok"
         self.duration = max(0.0, now - self.started)
         fields = self.fields()
+        fields["sni"], fields["alpn"] = token(self.sni), token(self.alpn)
         if self.outcome == "ok":
             log.info(_FORMAT, **fields)
         else:

@@ -2,15 +2,59 @@
 
 from __future__ import annotations
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
-class IFlowObserver(Interface):
-    """Sees the decrypted bytes of one relayed connection, in order.
+class ILayerLink(Interface):
+    """What a layer may do with the two decrypted ends of one connection.
 
-    Observers must not block and must not raise; the HTTP inspectors
-    implement this.
+    The core keeps back-pressure (a side whose peer cannot keep up stops
+    being read), half-close, the idle timeout, the byte counts and the
+    connection's single audit event.
     """
+
+    def toOrigin(data: bytes) -> None:
+        """Send ``data`` to the origin."""
+
+    def toDevice(data: bytes) -> None:
+        """Send ``data`` to the device (pass the origin's bytes on, or answer)."""
+
+    def endToOrigin(clean: bool = True) -> None:
+        """End the direction towards the origin (close_notify then FIN;
+        ``clean=False`` mirrors a truncation: FIN only)."""
+
+    def endToDevice(clean: bool = True) -> None:
+        """End the direction towards the device."""
+
+    def pauseReading(side: str) -> None:
+        """Stop reading from ``"device"`` or ``"origin"`` (a layer that holds bytes)."""
+
+    def resumeReading(side: str) -> None:
+        """Read from ``side`` again."""
+
+    def fail(reason: str) -> None:
+        """Record why this connection is an error (first reason wins), without closing it."""
+
+    def close(reason: str) -> None:
+        """End both directions politely now; ``reason`` is audited."""
+
+    def abort(reason: str) -> None:
+        """Reset both sides now; the connection is audited as an error with ``reason``."""
+
+
+class ILayer(Interface):
+    """What runs between the device and the origin once both handshakes are done.
+
+    It sees the decrypted bytes of each direction, in order, and may pass
+    them on, hold them, answer the device itself, or end the connection,
+    through its :class:`ILayerLink`.  The opaque relay is the default layer;
+    the HTTP inspectors are others.  Methods must not block.
+    """
+
+    name = Attribute("A short name for the audit log, such as 'opaque'.")
+
+    def start(link: ILayerLink) -> None:
+        """Both ends are ready; ``link`` is how the layer acts on them."""
 
     def deviceData(data: bytes) -> None:
         """Bytes the device sent towards the origin."""
@@ -18,5 +62,11 @@ class IFlowObserver(Interface):
     def originData(data: bytes) -> None:
         """Bytes the origin sent towards the device."""
 
+    def deviceEnded(clean: bool) -> None:
+        """The device finished sending (``clean``: close_notify before FIN, or a plain TCP FIN)."""
+
+    def originEnded(clean: bool) -> None:
+        """The origin finished sending; ``clean`` is False for a TLS truncation."""
+
     def closed() -> None:
-        """The relay has ended in both directions."""
+        """Both sides are gone; release what the layer holds."""

@@ -21,12 +21,11 @@ from etpmitm.ca.leafkeys import load_or_create_leaf_key
 from etpmitm.ca.ownroot import init_own_root
 from etpmitm.ca.untrusted import load_or_create_untrusted_ca
 from etpmitm.defaults import DEFAULT_LISTEN, data_directory, default_ca_directory
-from etpmitm.gateway.decide import decide
-from etpmitm.gateway.devicetls import CachedLeafContexts
+from etpmitm.gateway.device import CachedLeafContexts
 from etpmitm.gateway.intake import IntakeFactory
 from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.gateway.settings import GatewaySettings
-from etpmitm.gateway.upstream import TrustStoreError, system_bundle, upstream_context
+from etpmitm.gateway.origin import TrustStoreError, system_bundle, upstream_context
 from etpmitm.keyfiles import KeyFileError, read_passphrase_file
 from etpmitm.learning import Key
 from etpmitm.policy import PolicyError
@@ -211,7 +210,7 @@ def makeService(options: Options) -> IService:
         idleTimeout=options["idle-timeout"],
         shareLearned=_shareLearned(link),
     )
-    factory = IntakeFactory(settings, decide)
+    factory = IntakeFactory(settings)
     top = GatewayService(policy, link)
     if link is not None:
         AdoptedPorts(cast(IReactorSocket, reactor), options["worker-listen"], factory).setServiceParent(top)

@@ -11,7 +11,7 @@ from twisted.internet.tcp import Connection
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from etpmitm.gateway.writenow import holding, writeNow
+from etpmitm.gateway._twisted import holding, writeNow
 
 
 class Accepted(Protocol):

@@ -14,12 +14,13 @@ import struct
 
 import attrs
 
+from etpmitm.addresses import IPAddress
+
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h
 _SOCKADDR_IN_LEN = 16
 _SOCKADDR_IN6_LEN = 28
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @attrs.frozen
@@ -77,11 +78,3 @@ def _is_v4_mapped(address: str) -> bool:
     except ValueError:
         return False
     return parsed.ipv4_mapped is not None
-
-
-def unmap(address: str) -> IPAddress:
-    """Parse an address, turning a v4-mapped IPv6 address into IPv4."""
-    parsed = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-        return parsed.ipv4_mapped
-    return parsed

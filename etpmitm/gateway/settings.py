@@ -9,13 +9,14 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 
+from etpmitm.audit import ConnectionRecord
+from etpmitm.gateway.layers import OpaqueRelay
 from etpmitm.gateway.origdst import Destination, transportDestination
+from etpmitm.gateway.origin import OriginCertificates, OriginSessions
 from etpmitm.gateway.policyholder import PolicyHolder
-from etpmitm.gateway.sessions import OriginSessions
-from etpmitm.gateway.upstream import OriginCertificates
-from etpmitm.leafcache import LRUCache
+from etpmitm.interfaces import ILayer
+from etpmitm.lru import LRUCache
 from etpmitm.learning import Key
-from etpmitm.interfaces import IFlowObserver
 from etpmitm.mint import LeafName
 
 
@@ -24,6 +25,11 @@ class LeafContexts(Protocol):
 
     def contextFor(self, names: Sequence[LeafName], mimic: x509.Certificate | None) -> SSL.Context:
         ...
+
+
+def opaqueLayer(record: ConnectionRecord) -> ILayer:
+    """The default layer: relay the decrypted bytes unchanged."""
+    return OpaqueRelay()
 
 
 @attrs.frozen
@@ -41,7 +47,9 @@ class GatewaySettings:
     handshakeTimeout: float = 10.0
     connectTimeout: float = 10.0
     idleTimeout: float = 300.0
-    observers: Callable[[], tuple[IFlowObserver, ...]] = tuple
+    layerFor: Callable[[ConnectionRecord], ILayer] = opaqueLayer
+    """The layer for an intercepted connection, once both handshakes are done
+    (the record says what was negotiated: ``alpn``, ``sni``)."""
     originalDestination: Callable[[object], Destination] = transportDestination
     shareLearned: Callable[[Key, str], None] = lambda key, why: None
     """Tell the other workers of a bypass this one learned (see ``etpmitm.workers``)."""

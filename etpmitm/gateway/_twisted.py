@@ -1,30 +1,115 @@
-"""TLSMemoryBIOProtocol with half-close, as a relay needs it.
+"""The private Twisted internals the gateway depends on, fenced in one place.
 
-Twisted's TLS wrapper answers a peer's close_notify by closing the whole
-connection.  A relay must instead pass each direction's end on separately
-(RFC 8446 section 6.1): a close_notify received ends only the read side, and
-``loseWriteConnection`` sends close_notify then FIN while reading goes on.
-A bare FIN (no close_notify) is reported too, so that a relay can mirror a
-truncation instead of turning it into a clean close.
+Twisted has no TLS half-close upstream: its TLS wrapper answers a peer's
+close_notify by closing the whole connection, and it cannot report a bare
+FIN.  A relay must pass each direction's end on separately (RFC 8446
+section 6.1), so :class:`HalfCloseableTLS` overrides parts of
+``TLSMemoryBIOProtocol`` that read its private state.  :func:`writeNow`
+reads ``twisted.internet.tcp.Connection``'s write queue to send at once when
+nothing is queued.  :data:`INTERNALS` lists every private name used here;
+``tests/test_twisted_internals.py`` fails with a clear message when a Twisted
+release drops one, and ``pyproject.toml`` pins Twisted to the releases the
+suite has passed on.
 """
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Callable, TypeVar, cast
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
-from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol, ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.tcp import Connection
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from etpmitm.gateway.writenow import holding, writeNow
+INTERNALS: dict[type, tuple[str, ...]] = {
+    TLSMemoryBIOProtocol: (
+        "_tlsConnection", "_appSendBuffer", "_connectWrapped", "_checkHandshakeStatus",
+        "_lostTLSConnection", "_aborted", "_handshakeDone", "_flushReceiveBIO", "_flushSendBIO",
+        "_tlsShutdownFinished", "_shutdownTLS", "_bufferedWrite", "_producer",
+    ),
+    TLSMemoryBIOFactory: ("_creatorCallable",),
+    Connection: ("_writeDisconnected", "_tempDataLen", "offset", "dataBuffer", "socket"),
+}
+"""Private names per Twisted class; instance attributes are checked on live objects."""
 
 _READ_SIZE = 2**14  # one record's plaintext at most: SSL_read returns one record
 _RECORD = 2**14  # the most plaintext one TLS record carries
 _BIO_READ = 2**18
+
+T = TypeVar("T")
+
+
+# -- sending at once ----------------------------------------------------------
+#
+# Twisted's ``write`` queues the bytes and sends them on the next reactor
+# turn, after registering the socket for writability (an ``epoll_ctl``) and
+# taking it off again once the queue drains (another).  A relay writes once
+# per read, so that is two system calls and a reactor turn per chunk.  When
+# the transport's queue is empty, sending straight away keeps the byte order
+# and leaves only what the kernel did not take to Twisted's queue.
+#
+# While one received chunk is handled, sends are held and leave together at
+# its end (:func:`holding`): a response and the close_notify after it then
+# leave in one segment.  Sent apart, a client that reads the response and
+# closes at once finds the close_notify unread, and its kernel resets.
+
+_held: dict[Connection, list[bytes]] = {}
+_depth = 0
+
+
+def writeNow(transport: object, data: bytes) -> None:
+    """Write ``data`` to ``transport``, sending it at once where that is safe."""
+    if isinstance(transport, Connection):
+        if _depth:
+            _held.setdefault(transport, []).append(data)
+            return
+        if _idle(transport):
+            try:
+                sent = transport.socket.send(data)
+            except OSError:
+                # EAGAIN, or a broken connection: Twisted's own write path
+                # meets the same condition on its next turn and reports it.
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)  # type: ignore[attr-defined]
+
+
+def holding(handle: Callable[[T], None], arg: T) -> None:
+    """Call ``handle(arg)``, holding :func:`writeNow` sends until it returns."""
+    global _depth
+    _depth += 1
+    try:
+        handle(arg)
+    finally:
+        _depth -= 1
+        if not _depth and _held:
+            _flushHeld()
+
+
+def _flushHeld() -> None:
+    while _held:
+        transport, chunks = _held.popitem()
+        writeNow(transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+
+def _idle(tcp: Connection) -> bool:
+    """Connected, writable and with nothing queued (Twisted's buffer is
+    ``dataBuffer[offset:]`` plus the ``_tempDataBuffer`` list)."""
+    return bool(
+        tcp.connected
+        and not tcp._writeDisconnected
+        and not tcp._tempDataLen
+        and tcp.offset == len(tcp.dataBuffer)
+    )
+
+
+# -- TLS with half-close ------------------------------------------------------
 
 
 @implementer(IHalfCloseableProtocol)
@@ -34,10 +119,10 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
     The wrapped protocol must provide ``IHalfCloseableProtocol``; it is told
     ``readConnectionLost()`` when the peer ends its direction, and can check
     ``closeNotifyReceived`` to tell a clean end from a truncation.
+    ``loseWriteConnection`` sends close_notify then FIN while reading goes on.
     """
 
     closeNotifyReceived = False
-    closesWhenBothEnd = True  # no need for the relay to close it
     _readClosed = False
     _writeClosed = False
 
@@ -140,7 +225,9 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
             self._tlsShutdownFinished(None)
             return
         wrapped.readConnectionLost()
-        if self._writeClosed:
+        if self._writeClosed or self.disconnecting:
+            # Our direction has ended too (loseWriteConnection, or a
+            # loseConnection whose close_notify now has its answer).
             self._tcp().loseConnection()
 
     def loseWriteConnection(self, closeNotify: bool = True) -> None:
@@ -166,10 +253,22 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
         return cast(ITCPTransport, self.transport)
 
 
-def halfCloseableTLSFactory(
-    creator: object, isClient: bool, wrappedFactory: object
-) -> TLSMemoryBIOFactory:
-    """A ``TLSMemoryBIOFactory`` whose protocols are :class:`HalfCloseableTLS`."""
-    factory = TLSMemoryBIOFactory(creator, isClient, wrappedFactory)  # type: ignore[arg-type]
-    factory.protocol = HalfCloseableTLS
-    return factory
+def halfCloseableTLS(creator: object, isClient: bool, protocol: IProtocol) -> HalfCloseableTLS:
+    """A :class:`HalfCloseableTLS` around ``protocol``, not yet connected.
+
+    ``creator`` is an ``IOpenSSLClientConnectionCreator`` (``isClient``) or
+    ``IOpenSSLServerConnectionCreator``.
+    """
+    factory = TLSMemoryBIOFactory(creator, isClient, Factory())  # type: ignore[arg-type]
+    return HalfCloseableTLS(factory, protocol)
+
+
+def missingInternals(tls: TLSMemoryBIOProtocol, tcp: Connection) -> list[str]:
+    """The names in :data:`INTERNALS` that a connected ``tls`` over ``tcp`` lacks."""
+    samples: dict[type, object] = {TLSMemoryBIOProtocol: tls, TLSMemoryBIOFactory: tls.factory, Connection: tcp}
+    return [
+        f"{cls.__module__}.{cls.__qualname__}.{name}"
+        for cls, names in INTERNALS.items()
+        for name in names
+        if not hasattr(samples[cls], name)
+    ]

@@ -2,31 +2,27 @@
 
 A returning name costs a dictionary lookup: the minted leaf, its chain and
 the shared key are loaded into an ``SSL.Context`` once, and ALPN selection
-reads the origin's choice from the connection being served.
+reads the origin's choice from the protocol being served (its ``alpn``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
-
-from cryptography import x509
+from typing import Any, Sequence
 
 import attrs
+from cryptography import x509
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocol
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from etpmitm.ca.directory import CertificateAuthority
-from etpmitm.gateway.ends import oneProtocol
-from etpmitm.gateway.halfclosetls import halfCloseableTLSFactory
+from etpmitm.gateway._twisted import HalfCloseableTLS, halfCloseableTLS
 from etpmitm.keyfiles import PrivateKey
-from etpmitm.leafcache import LeafMinter, LRUCache
+from etpmitm.leafcache import LeafMinter
+from etpmitm.lru import LRUCache
 from etpmitm.mint import LeafName, MintedLeaf
 from etpmitm.tlsconfig import hardened_context
-
-if TYPE_CHECKING:
-    from etpmitm.gateway.intake import Intake
 
 _SESSION_ID_CONTEXT = b"etpmitm"
 
@@ -81,7 +77,10 @@ class CachedLeafContexts:
         return entry[1]
 
 
-def serveDevice(intake: "Intake", context: SSL.Context, protocol: IProtocol) -> None:
-    """Start TLS on the device's connection, replaying its buffered ClientHello."""
-    factory = halfCloseableTLSFactory(DeviceTLSCreator(context), False, oneProtocol(protocol))
-    intake.switchTo(factory.buildProtocol(intake.tcp.getPeer()))
+def deviceTLS(context: SSL.Context, protocol: IProtocol) -> HalfCloseableTLS:
+    """The TLS server for the device's connection, around ``protocol``.
+
+    Not yet connected: the intake connects it and replays the buffered
+    ClientHello into it.
+    """
+    return halfCloseableTLS(DeviceTLSCreator(context), False, protocol)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from etpmitm.clienthello import ClientHello, ClientHelloParser
-from etpmitm.gateway.blockstage import blockALPN
+from etpmitm.gateway.refuse import blockALPN
 from tests.hellos import python_client_hello
 
 

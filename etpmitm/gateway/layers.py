@@ -1,0 +1,272 @@
+"""The two decrypted ends of a connection, and the layer between them.
+
+A :class:`Side` is the protocol inside each end's transport (TLS, or plain
+TCP for a splice); it reports every event to the connection that owns it.
+Once both ends are ready the connection builds a :class:`Pipe`: it couples
+the ends (each transport is the streaming producer of the other, so a slow
+reader pauses the fast writer), passes each direction's end on separately
+(half-close), and hands the bytes to a layer (:class:`~etpmitm.interfaces.ILayer`).
+:class:`OpaqueRelay` is the default layer: it passes everything on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol as TypingProtocol
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from etpmitm.gateway._twisted import HalfCloseableTLS, writeNow
+from etpmitm.interfaces import ILayer, ILayerLink
+
+SideName = Literal["device", "origin"]
+
+
+class SideEvents(TypingProtocol):
+    """What a :class:`Side` reports (implemented by the connection)."""
+
+    def sideHandshakeDone(self, side: Side) -> None: ...
+
+    def sideData(self, side: Side, data: bytes) -> None: ...
+
+    def sideEnded(self, side: Side) -> None: ...
+
+    def sideLost(self, side: Side, reason: Failure) -> None: ...
+
+
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
+class Side(Protocol):
+    """The protocol inside one end's transport; reports to ``events``.
+
+    ``alpn`` is read by the device context's ALPN callback: the protocol to
+    select (the origin's choice).  Bytes that arrive before a pipe takes
+    the side wait in ``pending``.
+    """
+
+    def __init__(self, name: SideName, events: SideEvents, alpn: bytes | None = None) -> None:
+        self.name: SideName = name
+        self.events = events
+        self.alpn = alpn
+        self.pending: list[bytes] = []
+        self.received = 0
+        self.readEnded = False
+        self.writeEnded = False
+
+    @property
+    def clean(self) -> bool:
+        """Whether the end of input was clean: close_notify over TLS, any FIN over TCP."""
+        return bool(getattr(self.transport, "closeNotifyReceived", True))
+
+    def handshakeCompleted(self) -> None:
+        self.events.sideHandshakeDone(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        self.events.sideData(self, data)
+
+    def readConnectionLost(self) -> None:
+        self.readEnded = True
+        self.events.sideEnded(self)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.connected = False
+        self.events.sideLost(self, reason)
+
+
+class PipeOwner(TypingProtocol):
+    """What a :class:`Pipe` asks of the connection that owns it."""
+
+    def layerClose(self, reason: str) -> None: ...
+
+    def layerAbort(self, reason: str) -> None: ...
+
+
+@implementer(ILayerLink)
+class Pipe:
+    """Couples two connected sides through a layer."""
+
+    def __init__(self, owner: PipeOwner, device: Side, origin: Side, layer: ILayer, clock: IReactorTime) -> None:
+        self.device = device
+        self.origin = origin
+        self.layer = layer
+        self._owner = owner
+        self._clock = clock
+        self.lastActivity = clock.seconds()
+        self.error: str | None = None
+        self.note: str | None = None
+        self._closing = False
+        self._coupled = False
+
+    def start(self) -> None:
+        """Wire the producers, start the layer, then deliver what arrived early."""
+        device, origin = self.device, self.origin
+        _transport(device).registerProducer(_transport(origin), True)
+        _transport(origin).registerProducer(_transport(device), True)
+        self._coupled = True
+        self.layer.start(self)
+        for side in (device, origin):
+            pending, side.pending = side.pending, []
+            for data in pending:
+                self.received(side, data)
+            if side.readEnded:
+                self.ended(side)
+            if side.connected:
+                _transport(side).resumeProducing()
+
+    # -- events from the sides (via the connection) --------------------------
+
+    def received(self, side: Side, data: bytes) -> None:
+        self.lastActivity = self._clock.seconds()
+        if side is self.device:
+            self.layer.deviceData(data)
+        else:
+            self.layer.originData(data)
+
+    def ended(self, side: Side) -> None:
+        if side is self.device:
+            self.layer.deviceEnded(side.clean)
+        else:
+            self.layer.originEnded(side.clean)
+        self._closeIfBothEnded(side)
+
+    def lost(self, side: Side, reason: Failure) -> None:
+        """``side`` is gone: end its peer the same way (FIN after FIN, reset after reset)."""
+        peer = self._peer(side)
+        if not peer.connected:
+            self.layer.closed()
+            return
+        self._decouple()  # the lost side can produce no more; a TLS close then proceeds
+        transport = _transport(peer)
+        if isinstance(reason.value, ConnectionDone) or self._closing:
+            transport.loseConnection()
+            return
+        lost = f"{side.name} connection lost: {reason.getErrorMessage()}"
+        if side.writeEnded:
+            # Everything bound for it was sent and ended: a client that
+            # closes with our close_notify unread resets, and nothing was lost.
+            self.note = self.note or f"{lost} (after its direction ended)"
+        else:
+            self.fail(lost)
+        transport.abortConnection()
+
+    # -- what the connection does ---------------------------------------------
+
+    def shutdown(self) -> None:
+        """End both sides politely: close_notify and FIN, after what is queued."""
+        self._closing = True
+        self._decouple()
+        for side in (self.device, self.origin):
+            if side.connected:
+                _transport(side).loseConnection()
+
+    def abortBoth(self) -> None:
+        """Reset both sides (the reason is already recorded)."""
+        self._closing = True
+        for side in (self.device, self.origin):
+            if side.connected:
+                _transport(side).abortConnection()
+
+    # -- ILayerLink --------------------------------------------------------------
+
+    def toOrigin(self, data: bytes) -> None:
+        if self.origin.connected:
+            writeNow(self.origin.transport, data)
+
+    def toDevice(self, data: bytes) -> None:
+        if self.device.connected:
+            writeNow(self.device.transport, data)
+
+    def endToOrigin(self, clean: bool = True) -> None:
+        self._endTo(self.origin, clean)
+
+    def endToDevice(self, clean: bool = True) -> None:
+        self._endTo(self.device, clean)
+
+    def pauseReading(self, side: str) -> None:
+        _transport(self._named(side)).pauseProducing()
+
+    def resumeReading(self, side: str) -> None:
+        _transport(self._named(side)).resumeProducing()
+
+    def fail(self, reason: str) -> None:
+        if self.error is None:
+            self.error = reason
+
+    def close(self, reason: str) -> None:
+        self._owner.layerClose(reason)
+
+    def abort(self, reason: str) -> None:
+        self.fail(reason)
+        self._owner.layerAbort(reason)
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _decouple(self) -> None:
+        """Unregister each side as the other's producer (once)."""
+        if self._coupled:
+            self._coupled = False
+            for side in (self.device, self.origin):
+                if side.connected:
+                    _transport(side).unregisterProducer()
+
+    def _peer(self, side: Side) -> Side:
+        return self.origin if side is self.device else self.device
+
+    def _named(self, name: str) -> Side:
+        return self.device if name == "device" else self.origin
+
+    def _endTo(self, side: Side, clean: bool) -> None:
+        if side.writeEnded or not side.connected:
+            return
+        side.writeEnded = True
+        transport = _transport(side)
+        if isinstance(transport, HalfCloseableTLS):
+            transport.loseWriteConnection(closeNotify=clean)
+        else:
+            transport.loseWriteConnection()
+        self._closeIfBothEnded(side)
+
+    @staticmethod
+    def _closeIfBothEnded(side: Side) -> None:
+        """A plain TCP transport stays open after both of its directions end
+        (the TLS transport closes itself)."""
+        transport = side.transport
+        if side.readEnded and side.writeEnded and side.connected and not isinstance(transport, HalfCloseableTLS):
+            transport.loseConnection()  # type: ignore[union-attr]
+
+
+def _transport(side: Side) -> Any:
+    return side.transport
+
+
+@implementer(ILayer)
+class OpaqueRelay:
+    """Passes every byte on unchanged, and each direction's end as it came."""
+
+    name = "opaque"
+
+    def start(self, link: ILayerLink) -> None:
+        self._link = link
+
+    def deviceData(self, data: bytes) -> None:
+        self._link.toOrigin(data)
+
+    def originData(self, data: bytes) -> None:
+        self._link.toDevice(data)
+
+    def deviceEnded(self, clean: bool) -> None:
+        self._link.endToOrigin(clean)
+
+    def originEnded(self, clean: bool) -> None:
+        if not clean:
+            self._link.fail("truncated: the origin closed without close_notify")
+        self._link.endToDevice(clean)
+
+    def closed(self) -> None:
+        pass
