@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from etpmitm.ca import CAKeyType, init_own_root, load_or_create_leaf_key  # noqa: E402
 from etpmitm.ca.directory import LeafKeyKind  # noqa: E402
 from etpmitm.leafcache import LeafMinter  # noqa: E402
-from etpmitm.mint import mint_leaf  # noqa: E402
+from etpmitm.mint import LeafIssuer, MimicFields  # noqa: E402
 
 
 def origin_certificate(organization: str) -> x509.Certificate:
@@ -82,7 +82,7 @@ def main() -> None:
             minter.leaf_for(names)
             minter.leaf_for(names, origin)
             rows = [
-                ("mint_leaf() (no cache)", lambda: mint_leaf(ca, leaf_key, names)),
+                ("LeafIssuer.mint (no cache)", lambda: LeafIssuer(ca, leaf_key).mint(names, MimicFields.of(None))),
                 ("LeafMinter.leaf_for, miss", miss),
                 ("LeafMinter.leaf_for, hit", lambda: minter.leaf_for(names)),
                 ("LeafMinter.leaf_for, hit + mimic O", lambda: minter.leaf_for(names, origin)),

@@ -20,15 +20,13 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-ALERT_HANDSHAKE_FAILURE = 40
 ALERT_ACCESS_DENIED = 49
-ALERT_INTERNAL_ERROR = 80
 
 MAX_REQUEST_HEAD = 16 * 1024
 """Bytes of HTTP/1.1 request head read at most; more is answered with 431."""
 
 TITLE = "Blocked by your organization's TLS inspection gateway"
-_MAX_HOST, _MAX_REASON, _MAX_KIND, _MAX_REQUEST_ID = 255, 1000, 64, 128
+_MAX_HOST, _MAX_REASON, _MAX_KIND = 255, 1000, 64
 """Input lengths kept, so that the page stays well below 16 KiB (one HTTP/2 frame)."""
 
 _EXPLANATIONS = {
@@ -63,7 +61,7 @@ p.help {{ color: #52525b; font-size: .9rem; margin-top: 2rem; }}
 <dl>
 <dt>Site</dt><dd>{host}</dd>
 <dt>Reason</dt><dd>{reason}</dd>
-<dt>Kind</dt><dd>{kind}</dd>{reference}
+<dt>Kind</dt><dd>{kind}</dd>
 </dl>
 <p class="help">If you need this site for your work, contact your IT help desk and tell them what this page says.</p>
 </main>
@@ -79,18 +77,14 @@ def _text(value: str, limit: int) -> str:
     return html.escape("".join(c if c.isprintable() else "\ufffd" for c in value), quote=True)
 
 
-def render_html(host: str, reason: str, kind: str, *, request_id: str | None = None) -> bytes:
+def render_html(host: str, reason: str, kind: str) -> bytes:
     """A small self-contained UTF-8 page naming ``host`` and ``reason`` (all input escaped)."""
-    reference = ""
-    if request_id is not None:
-        reference = f"\n<dt>Reference</dt><dd>{_text(request_id, _MAX_REQUEST_ID)}</dd>"
     page = _TEMPLATE.format(
         title=html.escape(TITLE),
         explanation=html.escape(_EXPLANATIONS.get(kind, _DEFAULT_EXPLANATION)),
         host=_text(host or "(unknown)", _MAX_HOST),
         reason=_text(reason, _MAX_REASON),
         kind=_text(kind, _MAX_KIND),
-        reference=reference,
     )
     return page.encode("utf-8")
 
@@ -110,10 +104,10 @@ class BlockResponse:
 
     @classmethod
     def render(
-        cls, host: str, reason: str, kind: str, *, status: int = 502, request_id: str | None = None
+        cls, host: str, reason: str, kind: str, *, status: int = 502
     ) -> BlockResponse:
         """The response carrying :func:`render_html` of these arguments."""
-        return cls(render_html(host, reason, kind, request_id=request_id), kind, status)
+        return cls(render_html(host, reason, kind), kind, status)
 
     def headers(self) -> list[tuple[str, str]]:
         """Header fields shared by HTTP/1.1 and HTTP/2 (no connection-specific ones)."""

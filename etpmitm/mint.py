@@ -1,7 +1,7 @@
 """Minting leaf certificates that stand in for an origin's (sans-IO: no reactor, no files).
 
-:func:`leaf_names` picks the names a leaf must carry; :func:`mint_leaf` (or a
-:class:`LeafIssuer` reused across calls) builds and signs it with the CA's
+:func:`leaf_names` picks the names a leaf must carry; a :class:`LeafIssuer`
+(reused across calls) builds and signs it with the CA's
 intermediate. A leaf carries only names and, when mimicking an origin, that
 origin's organization (O); no other origin extension is copied.
 
@@ -25,18 +25,17 @@ from collections.abc import Iterable, Sequence
 from typing import TypeAlias
 
 import attrs
-import idna
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from etpmitm.ca.build import SignatureHash, authority_key_identifier, signature_hash
-from etpmitm.ca.certfiles import certificates_pem
 from etpmitm.ca.directory import CertificateAuthority
 from etpmitm.ca.subject import common_name, first_text_attribute
+from etpmitm.addresses import IPAddress
 from etpmitm.keyfiles import PrivateKey
+from etpmitm.names import a_labels
 
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 LeafName: TypeAlias = str | IPAddress
 """A DNS name (possibly a wildcard like ``*.example.com``) or an IP address."""
 
@@ -139,19 +138,17 @@ def general_name(name: LeafName) -> x509.GeneralName:
 
 
 def a_label_name(name: str) -> str:
-    """``name`` in lower-case ASCII (IDNA A-labels); a leading ``*.`` wildcard is kept."""
+    """``name`` in lower-case ASCII (IDNA A-labels, :func:`etpmitm.names.a_labels`),
+    checked for a certificate; a leading ``*.`` wildcard is kept."""
     text = name.strip().rstrip(".")
     wildcard = text.startswith("*.")
     rest = text[2:] if wildcard else text
     if not rest:
         raise MintError(f"empty DNS name {name!r}")
-    if rest.isascii():
-        ascii_name = rest.lower()
-    else:
-        try:
-            ascii_name = idna.encode(rest, uts46=True).decode("ascii")
-        except idna.IDNAError as e:
-            raise MintError(f"cannot IDNA-encode {name!r}: {e}") from None
+    try:
+        ascii_name = a_labels(rest)
+    except ValueError as e:
+        raise MintError(f"cannot IDNA-encode {name!r}: {e}") from None
     labels = ascii_name.split(".")
     if len(ascii_name) > 253 or not all(_ASCII_LABEL.fullmatch(label) for label in labels):
         raise MintError(f"not a valid DNS name: {name!r}")
@@ -195,26 +192,6 @@ class MintedLeaf:
     key: PrivateKey = attrs.field(repr=False)
     """The shared leaf key (the same object for every leaf of a gateway)."""
     names: tuple[LeafName, ...]
-
-    @property
-    def chain_for_tls(self) -> tuple[x509.Certificate, ...]:
-        """Alias of :attr:`chain`."""
-        return self.chain
-
-    @functools.cached_property
-    def certificate_pem(self) -> bytes:
-        """The leaf alone, PEM."""
-        return certificates_pem((self.certificate,))
-
-    @functools.cached_property
-    def chain_pem(self) -> bytes:
-        """:attr:`chain` (without the leaf), PEM."""
-        return certificates_pem(self.chain)
-
-    @functools.cached_property
-    def fullchain_pem(self) -> bytes:
-        """The leaf followed by :attr:`chain`, PEM: the usual server certificate file."""
-        return self.certificate_pem + self.chain_pem
 
     @functools.cached_property
     def not_after(self) -> datetime.datetime:
@@ -303,14 +280,3 @@ def _subject(first_name: str, mimic: MimicFields) -> x509.Name:
     if len(first_name) <= MAX_CN_LENGTH:
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, first_name))
     return x509.Name(attributes)
-
-
-def mint_leaf(
-    ca: CertificateAuthority,
-    leaf_key: PrivateKey,
-    names: Sequence[LeafName],
-    mimic: x509.Certificate | None = None,
-    now: datetime.datetime | None = None,
-) -> MintedLeaf:
-    """Mint one leaf for ``names`` with ``leaf_key``, signed by ``ca`` (see the module docstring)."""
-    return LeafIssuer(ca, leaf_key).mint(names, MimicFields.of(mimic), now)

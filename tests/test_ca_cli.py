@@ -17,7 +17,6 @@ from twisted.trial.unittest import TestCase
 
 from etpmitm.ca import CAError, load_ca, load_or_create_leaf_key
 from etpmitm.keyfiles import write_private_key
-from etpmitm.mint import mint_leaf
 from tests.test_mint import extension, openssl_verify_leaf, pem, python_ssl_handshake
 
 ETPMITM = os.path.join(os.path.dirname(sys.executable), "etpmitm")
@@ -317,6 +316,8 @@ class EnterpriseFlowTests(CLITestCase):
 
     def assertMintedLeavesVerify(self, root: x509.Certificate) -> None:
         ca = load_ca(self.dir)
+        from tests.test_mint import mint_leaf
+
         leaf = mint_leaf(ca, load_or_create_leaf_key(self.dir), ["www.example.com", "example.com"])
         for name in ("www.example.com", "example.com"):
             result = openssl_verify_leaf(self.base / "verify", root, leaf, name)

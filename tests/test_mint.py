@@ -7,7 +7,7 @@ import ipaddress
 import ssl
 import subprocess
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,7 +20,13 @@ from twisted.trial.unittest import TestCase
 from etpmitm.ca import CertificateAuthority, init_own_root, load_or_create_leaf_key
 from etpmitm.ca.build import build_intermediate, build_root, generate_key
 from etpmitm.keyfiles import PrivateKey, write_private_key
-from etpmitm.mint import LeafName, MintedLeaf, MintError, leaf_names, mint_leaf
+from etpmitm.ca.certfiles import certificates_pem
+from etpmitm.mint import LeafIssuer, LeafName, MimicFields, MintedLeaf, MintError, leaf_names
+
+def mint_leaf(ca: Any, leaf_key: Any, names: Any, mimic: Any = None, now: Any = None) -> MintedLeaf:
+    """One leaf from a fresh :class:`LeafIssuer`, as the gateway mints them."""
+    return LeafIssuer(ca, leaf_key).mint(names, MimicFields.of(mimic), now)
+
 
 UTC = datetime.timezone.utc
 
@@ -38,8 +44,8 @@ def openssl_verify_leaf(
     """``openssl verify -x509_strict -purpose sslserver`` of ``leaf`` for ``name`` against ``root``."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "root.pem").write_bytes(pem(root))
-    (workdir / "chain.pem").write_bytes(leaf.chain_pem)
-    (workdir / "leaf.pem").write_bytes(leaf.certificate_pem)
+    (workdir / "chain.pem").write_bytes(certificates_pem(leaf.chain))
+    (workdir / "leaf.pem").write_bytes(certificates_pem((leaf.certificate,)))
     if isinstance(name, str):
         check = ["-verify_hostname", name]
     else:
@@ -60,7 +66,7 @@ def python_ssl_handshake(workdir: Path, root: x509.Certificate, leaf: MintedLeaf
     """
     workdir.mkdir(parents=True, exist_ok=True)
     certfile, keyfile = workdir / "fullchain.pem", workdir / "leaf.key"
-    certfile.write_bytes(leaf.fullchain_pem)
+    certfile.write_bytes(certificates_pem((leaf.certificate, *leaf.chain)))
     if keyfile.exists():
         keyfile.unlink()
     write_private_key(keyfile, leaf.key)
@@ -325,9 +331,8 @@ class ContentTests(MintTestCase):
     def test_chain_is_intermediate_without_root(self) -> None:
         leaf = mint_leaf(self.ca, self.leaf_key, ["a.example"])
         self.assertEqual(leaf.chain, (self.ca.certificate,))
-        self.assertEqual(leaf.chain_for_tls, leaf.chain)
         self.assertNotIn(self.root, leaf.chain)
-        self.assertEqual(x509.load_pem_x509_certificates(leaf.fullchain_pem), [leaf.certificate, self.ca.certificate])
+        self.assertEqual(x509.load_pem_x509_certificates(certificates_pem((leaf.certificate, *leaf.chain))), [leaf.certificate, self.ca.certificate])
         self.assertIs(leaf.key, self.leaf_key)
 
     def test_bad_names_refuse(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import datetime
 import os
 import shutil
@@ -20,9 +22,10 @@ from etpmitm.ca import CAError, init_own_root, load_or_create_leaf_key, load_or_
 from etpmitm.ca.show import fingerprint
 from etpmitm.ca.untrusted import UNTRUSTED_CN, UntrustedPaths, _create
 from etpmitm.keyfiles import write_private_key
-from etpmitm.mint import mint_leaf
+from etpmitm.ca.certfiles import certificates_pem
 from tests.test_ca_cli import ETPMITM, CLITestCase, mode, snapshot
-from tests.test_mint import extension, openssl_verify_leaf, pem, python_ssl_handshake
+from tests.test_mint import extension, mint_leaf, openssl_verify_leaf, pem, python_ssl_handshake
+
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = datetime.timedelta(days=1)
@@ -165,7 +168,7 @@ class RefusalTests(UntrustedTestCase):
     def test_not_a_ca(self) -> None:
         leaf_key = load_or_create_leaf_key(self.dir)
         leaf = mint_leaf(self.real, leaf_key, ["x.example"])
-        self.paths.cert.write_bytes(leaf.certificate_pem)
+        self.paths.cert.write_bytes(certificates_pem((leaf.certificate,)))
         self.assertOneLineCAError("is not a CA")
 
 

@@ -20,6 +20,9 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 import attrs
 import idna
 
+from etpmitm.addresses import IPAddress, unmap
+from etpmitm.names import a_labels
+
 __all__ = [
     "HostPattern",
     "IPAddress",
@@ -34,7 +37,6 @@ __all__ = [
     "unmap",
 ]
 
-IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
 # The labels the ClientHello parser accepts in an SNI (etpmitm.clienthello).
@@ -75,13 +77,6 @@ class NetworkPattern:
 
 
 Pattern = HostPattern | WildcardPattern | NetworkPattern
-
-
-def unmap(address: IPAddress) -> IPAddress:
-    """The IPv4 address inside an IPv4-mapped IPv6 address; others unchanged."""
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def parse_pattern(text: str) -> Pattern:
@@ -133,15 +128,11 @@ def parse_network(text: str) -> IPNetwork:
 def normalise_name(name: str) -> str | None:
     """An SNI or certificate name in the form patterns use, or None if it cannot match.
 
-    Lower case, A-labels, no trailing dot.  ``*`` labels are kept literally.
+    Lower case, A-labels, no trailing dot (:func:`etpmitm.names.a_labels`).
     """
-    if name.endswith("."):
-        name = name[:-1]
-    if name.isascii():
-        return name.lower()
     try:
-        return ".".join(_alabel(label) for label in _remap(name).split("."))
-    except PatternError:
+        return a_labels(name)
+    except ValueError:
         return None
 
 
