@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests import pki
+from tests.gatewaylab import TWISTD, GatewayLab, gateway_env
 from tests.lab import (
     DEPLOY,
     Backend,
@@ -709,3 +711,69 @@ class DeployFilesTests(LabCase):
         path.write_text(unit.replace("/opt/etpmitm/bin/twistd", "/bin/true"))
         done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=30)
         self.assertEqual((done.returncode, done.stderr), (0, ""))
+
+
+class UnitPolicyTests(SynchronousTestCase):
+    """The systemd unit's ExecStart and ExecReload with /etc/etpmitm/policy.toml, end to end.
+
+    The gateway runs in a private mount namespace whose /etc is an overlay
+    holding etpmitm/policy.toml, so the host's /etc is never touched.
+    """
+
+    skip = lab_unavailable("iptables")
+
+    def unit_line(self, key: str) -> list[str]:
+        unit = (DEPLOY / "etpmitm.service").read_text()
+        lines = [line for line in unit.splitlines() if line.startswith(f"{key}=")]
+        self.assertEqual(len(lines), 1, key)
+        return lines[0].split("=", 1)[1].split()
+
+    def test_default_policy_file_and_reload(self) -> None:
+        env = GatewayLab(dports=[443])
+        self.addCleanup(env.close)
+        lab = env.lab
+        cert, key = env.public.issue(["origin.test"], [lab.origin_ip])
+        env.origin(443, [cert, env.public.intermediate], key)
+        subprocess.run([Path(sys.executable).parent / "etpmitm", "ca", "init", "--dir", env.ca_dir],
+                       check=True, capture_output=True, env={**os.environ, **gateway_env()})
+        upper, work = lab.workdir / "etc-upper", lab.workdir / "etc-work"
+        (upper / "etpmitm").mkdir(parents=True)
+        work.mkdir()
+        block = '[[rule]]\nmatch = ["origin.test"]\naction = "block"\n'
+        (upper / "etpmitm" / "policy.toml").write_text(block)
+
+        argv = self.unit_line("ExecStart")
+        self.assertEqual(argv[0], "/opt/etpmitm/bin/twistd")
+        self.assertNotIn("--policy", argv)  # the file is found by itself
+        argv[0] = str(TWISTD)
+        argv[argv.index("--ca-dir") + 1] = str(env.ca_dir)
+        argv += ["--upstream-trust", str(env.trust)]
+        overlay = 'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc && shift 2 && exec "$@"'
+        gateway = lab.gateway.popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", overlay, "sh", upper, work, *argv],
+            env=gateway_env(), cwd=lab.workdir,
+        )
+        env.gateway = gateway
+        lab.gateway.wait_for_port(8443, proc=gateway, timeout=30)
+        workers = (os.cpu_count() or 1) if "--workers" in argv else 1
+        if workers > 1:
+            env.wait_for_log("serving the master's sockets", count=workers)
+        self.assertIn("policy /etc/etpmitm/policy.toml", env.wait_for_log("etpmitm: listen on"))
+
+        def codes() -> list[str]:
+            return [
+                env.curl("--resolve", f"origin.test:443:{lab.origin_ip}", "-o", "/dev/null",
+                         "-w", "%{http_code}", "https://origin.test/").stdout
+                for _ in range(4)
+            ]
+
+        self.assertEqual(codes(), ["403"] * 4)
+        # An operator edits the file, then: systemctl reload etpmitm (the unit's ExecReload).
+        lab.gateway.run(["nsenter", "-t", str(gateway.pid), "-m", "sh", "-c", "cat > /etc/etpmitm/policy.toml"],
+                        input='[origin]\nuntrusted = "block"\n')
+        reload = [str(gateway.pid) if word == "$MAINPID" else word for word in self.unit_line("ExecReload")]
+        self.assertEqual(reload, ["/bin/kill", "-HUP", str(gateway.pid)])
+        subprocess.run(reload, check=True)
+        env.wait_for_log("policy reloaded from /etc/etpmitm/policy.toml: 0 rules", count=workers)
+        self.assertEqual(codes(), ["200"] * 4)
+        self.assertIsNone(gateway.poll())
