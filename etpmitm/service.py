@@ -20,7 +20,7 @@ from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import load_or_create_leaf_key
 from etpmitm.ca.ownroot import init_own_root
 from etpmitm.ca.untrusted import load_or_create_untrusted_ca
-from etpmitm.defaults import DEFAULT_LISTEN, data_directory, default_ca_directory
+from etpmitm.defaults import DEFAULT_LISTEN, DEFAULT_POLICY_FILE, data_directory, default_ca_directory, default_policy_file
 from etpmitm.gateway.device import CachedLeafContexts
 from etpmitm.gateway.intake import IntakeFactory
 from etpmitm.gateway.policyholder import PolicyHolder
@@ -61,7 +61,7 @@ class Options(usage.Options):
         ["leaf-key", None, "ecdsa", "Leaf key type: ecdsa (P-256) or rsa (2048)"],
         ["leaf-cache", None, 4096, "How many minted leaves (and their TLS contexts) to keep", int],
         ["passphrase-file", None, None, "File holding the passphrase of the keys at rest"],
-        ["policy", None, None, "Policy file (TOML): rules, untrusted-origin action, learning; SIGHUP reloads it"],
+        ["policy", None, None, f"Policy file (TOML; default: {DEFAULT_POLICY_FILE} if it exists); SIGHUP reloads it"],
         ["workers", None, "1", "Worker processes sharing the listening sockets: a number, or auto (one per core)"],
     ]
 
@@ -83,6 +83,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
+        if self["policy"] is None and (policy := default_policy_file()) is not None:
+            self["policy"] = str(policy)
         if self["leaf-key"] not in ("ecdsa", "rsa"):
             raise usage.UsageError("--leaf-key must be ecdsa or rsa")
         if self["leaf-cache"] < 1:

@@ -93,9 +93,11 @@ class CLITestCase(TestCase):
         self.base.mkdir()
         self.dir = self.base / "ca"
 
-    def run_etpmitm(self, *args: str | Path, binary: bool = False) -> subprocess.CompletedProcess[bytes]:
+    def run_etpmitm(
+        self, *args: str | Path, binary: bool = False, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            [ETPMITM, *map(str, args)], capture_output=True, cwd=self.base, timeout=120,
+            [ETPMITM, *map(str, args)], capture_output=True, cwd=self.base, timeout=120, env=env,
         )
 
     def ok(self, *args: str | Path) -> str:
@@ -446,7 +448,8 @@ class InstallRefusalTests(CLITestCase):
         self.assertRefused(self.signed(), "no readable PEM certificate", root=self.write("bad-root.pem", broken))
 
     def test_unreadable_file_is_a_usage_error(self) -> None:
-        self.assertRefused(self.base / "missing.pem", "missing.pem", code=2)
+        self.assertRefused(self.base / "missing.pem", f"cannot read the signed certificate {self.base}/missing.pem: ", code=2)
+        self.assertRefused(self.signed(), f"cannot read --root {self.base}/nope.pem: ", root=self.base / "nope.pem", code=2)
 
     def test_refusal_keeps_an_installed_ca(self) -> None:
         self.ok("ca", "install", "--dir", self.dir, self.signed(), "--root", self.root_pem)
@@ -491,11 +494,35 @@ class ExportShowTests(CLITestCase):
         self.assertIn(f"not after:  {intermediate.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z", out)
         self.assertIn("leaf-ecdsa.key (ECDSA P-256)", out)
         self.assertIn("leaf-rsa.key (RSA 2048)", out)
-        self.assertIn("status:     ok", out)
+        self.assertIn("status:     ok (ca.key matches ca.pem; a CA, valid now; chains to root.pem)", out)
         self.assertNotIn("PRIVATE KEY", out)
         for key_file in self.dir.glob("*.key"):
             for line in key_file.read_text().splitlines()[1:-1]:
                 self.assertNotIn(line, out)
+
+    def test_show_without_a_root_does_not_claim_the_chain(self) -> None:
+        (self.dir / "root.pem").unlink()
+        out = self.ok("ca", "show", "--dir", self.dir)
+        self.assertIn("status:     ok", out)
+        self.assertIn("no root.pem, so its chain to a root is not checked", out)
+        self.assertNotIn("chains to", out)
+
+    def test_show_and_export_default_to_the_gateways_directory(self) -> None:
+        """Without --dir: the directory twistd etpmitm uses without --ca-dir, in the same environment."""
+        home = self.base / "home"
+        env = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "XDG_DATA_HOME")}
+        env["HOME"] = str(home)
+        default = home / ".local" / "share" / "etpmitm" / "ca"
+        result = self.run_etpmitm("ca", "show", env=env)
+        self.assertOneLineError(result, 2, f"no CA in the gateway's default directory {default}; pass --dir")
+        default.parent.mkdir(parents=True)
+        self.dir.rename(default)
+        shown = self.run_etpmitm("ca", "show", env=env)
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        self.assertIn(self.root.fingerprint(hashes.SHA256()).hex(":").upper(), shown.stdout.decode())
+        self.assertEqual(self.run_etpmitm("ca", "export", env=env).stdout, (default / "root.pem").read_bytes())
+        env["STATE_DIRECTORY"] = str(self.base / "state")  # as under systemd
+        self.assertOneLineError(self.run_etpmitm("ca", "show", env=env), 2, str(self.base / "state" / "ca"))
 
     def test_show_reports_a_broken_ca(self) -> None:
         write_private_key(self.dir / "ca.key", ec.generate_private_key(ec.SECP256R1()))

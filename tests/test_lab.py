@@ -16,11 +16,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests import pki
+from tests.gatewaylab import TWISTD, GatewayLab, gateway_env
 from tests.lab import (
     DEPLOY,
     Backend,
@@ -28,6 +31,7 @@ from tests.lab import (
     Namespace,
     lab_unavailable,
     make_cert,
+    nft_config,
     reap_stale_namespaces,
     start_origin,
 )
@@ -129,6 +133,42 @@ for t in threads: t.join(40)
 print(len(ok))
 """
 
+# A UDP echo server on port argv[1], v4 and v6: logs and echoes each datagram.
+UDP_ECHO = r"""
+import selectors, socket, sys
+port = int(sys.argv[1])
+sel = selectors.DefaultSelector()
+for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((host, port))
+    sel.register(s, selectors.EVENT_READ)
+print("ready", flush=True)
+while True:
+    for key, _ in sel.select():
+        data, peer = key.fileobj.recvfrom(2048)
+        print(f"got {peer[0]} {data.decode()}", flush=True)
+        key.fileobj.sendto(data, peer)
+"""
+
+# One datagram to argv[1]:argv[2] on a connected UDP socket; print what came
+# of it: "echo", "refused" (an ICMP port-unreachable came back) or "timeout".
+UDP_PROBE = r"""
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.connect((host, port))
+s.send(b"quic")
+try:
+    print("echo" if s.recv(2048) == b"quic" else "garbled")
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("timeout")
+"""
+
 ENOENT = 2
 
 
@@ -187,6 +227,20 @@ class LabCase(SynchronousTestCase):
         out = ns.run([sys.executable, "-c", CONNECT, host, str(port)], timeout=15).stdout
         result: dict[str, Any] = json.loads(out)
         return result
+
+    def udp_echo(self, port: int = 443) -> subprocess.Popen[bytes]:
+        """A UDP echo server in the origin namespace; its log lists what arrived."""
+        proc = self.lab.origin.popen([sys.executable, "-c", UDP_ECHO, str(port)])
+        deadline = time.monotonic() + 10
+        while "ready" not in self.lab.log(proc):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self.fail(f"UDP echo server did not start: {self.lab.log(proc)}")
+            time.sleep(0.05)
+        return proc
+
+    def udp(self, host: str, port: int = 443) -> str:
+        """Send one datagram from the client; "echo", "refused" or "timeout"."""
+        return self.lab.client.run([sys.executable, "-c", UDP_PROBE, host, str(port)], timeout=15).stdout.strip()
 
 
 class TopologyTests(LabCase):
@@ -279,6 +333,37 @@ class RulesMixin(_MixinBase):
         """Give the client's packets the bypass mark, before nat sees them."""
         raise NotImplementedError
 
+    def apply_rules_quic_allowed(self) -> None:
+        """The shipped rules with the documented QUIC setting turned to allow."""
+        raise NotImplementedError
+
+    def test_quic_rejected_tcp_redirected(self) -> None:
+        """By default, UDP/443 from the LAN gets port-unreachable; TCP/443 still lands on the gateway."""
+        self.lab.apply_rules(8443, self.backend)
+        echo, other = self.udp_echo(), self.udp_echo(4443)
+        self.listener("split")
+        for ip in (self.lab.origin_ip, self.lab.origin_ip6):
+            self.assertEqual(self.udp(ip), "refused", ip)
+            got = self.connect(self.lab.client, ip)
+            key = "sol_ip" if "." in ip else "sol_ipv6"
+            self.assertEqual((got[key]["addr"], got[key]["port"]), (ip, 443))
+        self.assertEqual(self.lab.log(echo), "ready\n")  # nothing reached the origin
+        self.assertEqual(self.udp(self.lab.origin_ip, 4443), "echo")  # other UDP ports pass
+        self.assertIn(f"got {self.lab.client_ip} quic", self.lab.log(other))
+
+    def test_quic_allowed_when_turned_off(self) -> None:
+        """With the setting at allow, UDP/443 reaches the origin; TCP/443 is still redirected."""
+        self.lab.apply_rules(8443, self.backend)  # reject first: the switch must undo it
+        self.apply_rules_quic_allowed()
+        echo = self.udp_echo()
+        self.listener("split")
+        for ip in (self.lab.origin_ip, self.lab.origin_ip6):
+            self.assertEqual(self.udp(ip), "echo", ip)
+            got = self.connect(self.lab.client, ip)
+            key = "sol_ip" if "." in ip else "sol_ipv6"
+            self.assertEqual(got[key]["port"], 443)
+        self.assertEqual(self.lab.log(echo).count(" quic"), 2)
+
     def test_redirect_v4_and_v6(self) -> None:
         """Client -> origin:443 lands on the gateway's port; the original destination survives."""
         self.lab.apply_rules(8443, self.backend)
@@ -348,9 +433,11 @@ class RulesMixin(_MixinBase):
         listener = self.listener("split")
         self.origin()
         self.mark_client()
+        self.udp_echo()
         for ip, client_ip in ((self.lab.origin_ip, self.lab.client_ip), (self.lab.origin_ip6, self.lab.client_ip6)):
             info = json.loads(self.https(self.lab.client, ip, "/info"))
             self.assertEqual(info["peer"][0], client_ip)
+            self.assertEqual(self.udp(ip), "echo", ip)  # nor is its QUIC rejected
         self.assertEqual(self.lab.log(listener).split(), ["ready"])
 
     def test_idempotent_and_removable(self) -> None:
@@ -375,8 +462,13 @@ class IptablesRulesTests(RulesMixin, LabCase):
 
     def ruleset(self) -> str:
         return "".join(
-            self.lab.gateway.run([cmd, "-w", "10", "-t", "nat", "-S"]).stdout for cmd in ("iptables", "ip6tables")
+            self.lab.gateway.run([cmd, "-w", "10", "-t", table, "-S"]).stdout
+            for cmd in ("iptables", "ip6tables")
+            for table in ("nat", "filter")
         )
+
+    def apply_rules_quic_allowed(self) -> None:
+        self.lab.gateway.run(["bash", DEPLOY / "iptables.sh", "--lan-if", self.lab.lan_if, "--quic", "allow"])
 
     def mark_client(self) -> None:
         for cmd, src in (("iptables", self.lab.client_ip), ("ip6tables", self.lab.client_ip6)):
@@ -388,8 +480,21 @@ class IptablesRulesTests(RulesMixin, LabCase):
         self.lab.apply_rules(8443, self.backend)
         self.lab.apply_rules(8443, self.backend)
         for cmd in ("iptables", "ip6tables"):
-            rules = self.lab.gateway.run([cmd, "-w", "10", "-t", "nat", "-S", "PREROUTING"]).stdout
-            self.assertEqual(rules.count("-j ETPMITM"), 1, rules)
+            for table, chain in (("nat", "PREROUTING"), ("filter", "FORWARD")):
+                rules = self.lab.gateway.run([cmd, "-w", "10", "-t", table, "-S", chain]).stdout
+                self.assertEqual(rules.count("-j ETPMITM"), 1, rules)
+        self.lab.remove_rules(self.backend)
+        self.assertNotIn("ETPMITM", self.ruleset())
+
+    def test_interfaces_must_exist(self) -> None:
+        """A LAN interface that does not exist is refused (a typo would inspect nothing); wildcards pass."""
+        gw, script = self.lab.gateway, str(DEPLOY / "iptables.sh")
+        done = gw.run(["bash", script, "--lan-if", "lan0,lna0"], check=False)
+        self.assertEqual(done.returncode, 2, done.stderr)
+        self.assertIn("no interface 'lna0'", done.stderr)
+        self.assertNotIn("ETPMITM", self.ruleset())
+        gw.run(["bash", script, "--lan-if", "lan0,ppp+"])
+        self.assertIn("-i ppp+ -p tcp", self.ruleset())
 
     def test_remove_twice_and_bad_arguments(self) -> None:
         gw, script = self.lab.gateway, str(DEPLOY / "iptables.sh")
@@ -401,6 +506,7 @@ class IptablesRulesTests(RulesMixin, LabCase):
             ["--lan-if", "lan0", "--dports", ",".join(str(p) for p in range(1, 17))],
             ["--lan-if", "lan0", "--mark", "0"],
             ["--lan-if", "lan0", "--family", "5"],
+            ["--lan-if", "lan0", "--quic", "drop"],
             ["--lan-if", "bad name"],
         ):
             done = gw.run(["bash", script, *bad], check=False, env={"ETPMITM_LAN_IF": ""})
@@ -414,6 +520,11 @@ class NftRulesTests(RulesMixin, LabCase):
 
     def ruleset(self) -> str:
         return self.lab.gateway.run(["nft", "list", "ruleset"]).stdout
+
+    def apply_rules_quic_allowed(self) -> None:
+        path = self.lab.workdir / "etpmitm-quic-allowed.nft"
+        path.write_text(nft_config(ETPMITM_LAN_IF=f'"{self.lab.lan_if}"', ETPMITM_QUIC='"quic_allow"'))
+        self.lab.gateway.run(["nft", "-f", path])
 
     def mark_client(self) -> None:
         self.lab.gateway.run(
@@ -435,6 +546,49 @@ class NftRulesTests(RulesMixin, LabCase):
         self.listener("split")
         got = self.connect(self.lab.client, self.lab.origin_ip)
         self.assertEqual(got["sol_ip"]["addr"], self.lab.origin_ip)
+
+    def test_debian_boot_configuration(self) -> None:
+        """Debian 12's stock /etc/nftables.conf plus the README's include line loads, at boot and on reload."""
+        included = self.lab.workdir / "nftables.d" / "etpmitm.nft"
+        included.parent.mkdir()
+        included.write_text((DEPLOY / "nftables.conf").read_text())
+        readme = (DEPLOY / "README.md").read_text()
+        include = 'include "/etc/nftables.d/etpmitm.nft"'
+        self.assertIn(f"echo '{include}' >> /etc/nftables.conf", readme)
+        self.assertIn("install -D -m 644 deploy/nftables.conf /etc/nftables.d/etpmitm.nft", readme)  # makes the dir
+        self.assertIn("systemctl enable nftables", readme)  # disabled on a stock Debian 12
+        main = self.lab.workdir / "nftables.conf"
+        main.write_text(DEBIAN_NFTABLES_CONF + include.replace("/etc/nftables.d", str(included.parent)) + "\n")
+        self.lab.gateway.run(["nft", "-c", "-f", main])
+        for _ in range(2):  # nftables.service: start, then reload
+            self.lab.gateway.run(["nft", "-f", main])
+        ruleset = self.ruleset()
+        self.assertEqual(ruleset.count("table inet etpmitm"), 1)
+        self.assertEqual(ruleset.count("table inet filter"), 1)
+        self.udp_echo()
+        self.assertEqual(self.udp(self.lab.origin_ip6), "refused")
+        self.listener("split")
+        got = self.connect(self.lab.client, self.lab.origin_ip)
+        self.assertEqual(got["sol_ip"]["addr"], self.lab.origin_ip)
+
+
+# /etc/nftables.conf as the nftables package of Debian 12 ships it.
+DEBIAN_NFTABLES_CONF = """#!/usr/sbin/nft -f
+
+flush ruleset
+
+table inet filter {
+	chain input {
+		type filter hook input priority filter;
+	}
+	chain forward {
+		type filter hook forward priority filter;
+	}
+	chain output {
+		type filter hook output priority filter;
+	}
+}
+"""
 
 
 class OriginServerTests(LabCase):
@@ -543,12 +697,6 @@ class DeployFilesTests(LabCase):
         self.assertIn("net.ipv4.ip_forward", keys)
         self.lab.gateway.run(["sysctl", "-n", *keys])
 
-    def test_shellcheck(self) -> None:
-        if shutil.which("shellcheck") is None:
-            self.skipTest("shellcheck is not installed")
-        done = subprocess.run(["shellcheck", str(DEPLOY / "iptables.sh")], capture_output=True, text=True)
-        self.assertEqual(done.returncode, 0, done.stdout)
-
     def test_systemd_unit_verifies(self) -> None:
         if shutil.which("systemd-analyze") is None:
             self.skipTest("systemd-analyze is not installed")
@@ -559,3 +707,69 @@ class DeployFilesTests(LabCase):
         path.write_text(unit.replace("/opt/etpmitm/bin/twistd", "/bin/true"))
         done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=30)
         self.assertEqual((done.returncode, done.stderr), (0, ""))
+
+
+class UnitPolicyTests(SynchronousTestCase):
+    """The systemd unit's ExecStart and ExecReload with /etc/etpmitm/policy.toml, end to end.
+
+    The gateway runs in a private mount namespace whose /etc is an overlay
+    holding etpmitm/policy.toml, so the host's /etc is never touched.
+    """
+
+    skip = lab_unavailable("iptables")
+
+    def unit_line(self, key: str) -> list[str]:
+        unit = (DEPLOY / "etpmitm.service").read_text()
+        lines = [line for line in unit.splitlines() if line.startswith(f"{key}=")]
+        self.assertEqual(len(lines), 1, key)
+        return lines[0].split("=", 1)[1].split()
+
+    def test_default_policy_file_and_reload(self) -> None:
+        env = GatewayLab(dports=[443])
+        self.addCleanup(env.close)
+        lab = env.lab
+        cert, key = env.public.issue(["origin.test"], [lab.origin_ip])
+        env.origin(443, [cert, env.public.intermediate], key)
+        subprocess.run([Path(sys.executable).parent / "etpmitm", "ca", "init", "--dir", env.ca_dir],
+                       check=True, capture_output=True, env={**os.environ, **gateway_env()})
+        upper, work = lab.workdir / "etc-upper", lab.workdir / "etc-work"
+        (upper / "etpmitm").mkdir(parents=True)
+        work.mkdir()
+        block = '[[rule]]\nmatch = ["origin.test"]\naction = "block"\n'
+        (upper / "etpmitm" / "policy.toml").write_text(block)
+
+        argv = self.unit_line("ExecStart")
+        self.assertEqual(argv[0], "/opt/etpmitm/bin/twistd")
+        self.assertNotIn("--policy", argv)  # the file is found by itself
+        argv[0] = str(TWISTD)
+        argv[argv.index("--ca-dir") + 1] = str(env.ca_dir)
+        argv += ["--upstream-trust", str(env.trust)]
+        overlay = 'mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc && shift 2 && exec "$@"'
+        gateway = lab.gateway.popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", overlay, "sh", upper, work, *argv],
+            env=gateway_env(), cwd=lab.workdir,
+        )
+        env.gateway = gateway
+        lab.gateway.wait_for_port(8443, proc=gateway, timeout=30)
+        workers = (os.cpu_count() or 1) if "--workers" in argv else 1
+        if workers > 1:
+            env.wait_for_log("serving the master's sockets", count=workers)
+        self.assertIn("policy /etc/etpmitm/policy.toml", env.wait_for_log("etpmitm: listen on"))
+
+        def codes() -> list[str]:
+            return [
+                env.curl("--resolve", f"origin.test:443:{lab.origin_ip}", "-o", "/dev/null",
+                         "-w", "%{http_code}", "https://origin.test/").stdout
+                for _ in range(4)
+            ]
+
+        self.assertEqual(codes(), ["403"] * 4)
+        # An operator edits the file, then: systemctl reload etpmitm (the unit's ExecReload).
+        lab.gateway.run(["nsenter", "-t", str(gateway.pid), "-m", "sh", "-c", "cat > /etc/etpmitm/policy.toml"],
+                        input='[origin]\nuntrusted = "block"\n')
+        reload = [str(gateway.pid) if word == "$MAINPID" else word for word in self.unit_line("ExecReload")]
+        self.assertEqual(reload, ["/bin/kill", "-HUP", str(gateway.pid)])
+        subprocess.run(reload, check=True)
+        env.wait_for_log("policy reloaded from /etc/etpmitm/policy.toml: 0 rules", count=workers)
+        self.assertEqual(codes(), ["200"] * 4)
+        self.assertIsNone(gateway.poll())

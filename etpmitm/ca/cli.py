@@ -18,6 +18,7 @@ from etpmitm.ca.show import describe_directory, fingerprint
 from etpmitm.ca.subject import SubjectSyntaxError, format_subject, parse_subject
 from etpmitm.ca.trustguide import trust_guide
 from etpmitm.cli import SubParsers, UsageError
+from etpmitm.defaults import default_ca_directory
 from etpmitm.keyfiles import KeyFileError, read_passphrase_file, write_public_file
 
 
@@ -55,19 +56,26 @@ def register(subparsers: SubParsers) -> None:
     install.set_defaults(handler=run_install)
 
     export = actions.add_parser("export", help="write the certificate devices must trust")
-    _add_directory(export)
+    _add_directory(export, optional=True)
     export.add_argument("--der", action="store_true", help="DER instead of PEM")
     export.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here instead of stdout")
     export.set_defaults(handler=run_export)
 
     show = actions.add_parser("show", help="describe the CA directory (no private key material)")
-    _add_directory(show)
+    _add_directory(show, optional=True)
     _add_passphrase(show)
     show.set_defaults(handler=run_show)
 
 
-def _add_directory(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, required=True, metavar="DIR", help="the CA directory")
+def _add_directory(parser: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """--dir; read-only actions default to the directory the gateway uses without --ca-dir."""
+    if optional:
+        parser.add_argument(
+            "--dir", type=Path, metavar="DIR",
+            help=f"the CA directory (default: the gateway's, here {default_ca_directory()})",
+        )
+    else:
+        parser.add_argument("--dir", type=Path, required=True, metavar="DIR", help="the CA directory")
 
 
 def _add_key_type(parser: argparse.ArgumentParser) -> None:
@@ -113,8 +121,12 @@ def _passphrase(args: argparse.Namespace) -> bytes | None:
 
 
 def _existing_directory(args: argparse.Namespace) -> Path:
-    directory: Path = args.dir
-    if not directory.is_dir():
+    directory: Path | None = args.dir
+    if directory is None:
+        directory = default_ca_directory()
+        if not directory.is_dir():
+            raise UsageError(f"no CA in the gateway's default directory {directory}; pass --dir DIR")
+    elif not directory.is_dir():
         raise UsageError(f"--dir {directory}: no such directory")
     return directory
 
@@ -127,10 +139,11 @@ def _creatable_directory(args: argparse.Namespace) -> Path:
 
 
 def _read_input(path: Path, what: str) -> bytes:
+    """The bytes of an input file; a usage error such as "cannot read --root r.pem: ..." if unreadable."""
     try:
         return path.read_bytes()
     except OSError as e:
-        raise UsageError(f"{what} {path}: {e.strerror or e}") from None
+        raise UsageError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -173,7 +186,7 @@ def run_csr(args: argparse.Namespace) -> int:
 
 def run_install(args: argparse.Namespace) -> int:
     directory = _existing_directory(args)
-    signed = _read_input(args.signed, "SIGNED.pem")
+    signed = _read_input(args.signed, "the signed certificate")
     root = _read_input(args.root, "--root") if args.root is not None else None
     ca = install_signed(
         directory,

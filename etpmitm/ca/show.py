@@ -102,7 +102,9 @@ def _describe_leaf_keys(paths: CAPaths, passphrase: bytes | None) -> str:
 
 def _status(directory: Path, passphrase: bytes | None, now: datetime.datetime | None) -> str:
     try:
-        load_ca(directory, passphrase, now=now)
+        ca = load_ca(directory, passphrase, now=now)
     except CAError as e:
         return f"NOT USABLE: {e}"
-    return "ok (ca.key matches ca.pem; CA, valid now, chain checked)"
+    if ca.root is None:
+        return "ok (ca.key matches ca.pem; a CA, valid now; no root.pem, so its chain to a root is not checked)"
+    return "ok (ca.key matches ca.pem; a CA, valid now; chains to root.pem)"
