@@ -28,7 +28,8 @@ from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.gateway.settings import GatewaySettings
 from etpmitm.gateway.upstream import TrustStoreError, system_bundle, upstream_context
 from etpmitm.keyfiles import KeyFileError, read_passphrase_file
-from etpmitm.learning import Key
+from etpmitm.learnedmessage import from_message, to_message
+from etpmitm.learning import Learned
 from etpmitm.policy import PolicyError
 from etpmitm.sharedports import AdoptedPorts, bindShared
 from etpmitm.workers import MasterLink, WorkerPool
@@ -246,24 +247,28 @@ def _logStart(options: Options, directory: Path, ca: CertificateAuthority, bundl
         )
 
 
-def _shareLearned(link: MasterLink | None) -> Callable[[Key, str], None]:
+def _shareLearned(link: MasterLink | None) -> Callable[[Learned], None]:
     """How a worker tells the others (through the master) what it learned."""
     if link is None:
-        return lambda key, why: None
+        return lambda learned: None
     master = link
-    return lambda key, why: master.send({"learned": list(key), "why": why})
+    return lambda learned: master.send(to_message(learned))
 
 
 def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
-    """A bypass another worker learned: learn it here too."""
+    """A bypass another worker learned: apply it here too, for the same clients."""
     from twisted.internet import reactor
 
-    learned, why = message.get("learned"), message.get("why")
-    if not (isinstance(learned, list) and len(learned) == 2 and isinstance(why, str)):
+    if "learned" not in message:
         return
-    key = (learned[0], str(learned[1]))
-    if policy.learned.learn(key, cast(IReactorTime, reactor).seconds(), why):
-        log.info("learned bypass for {key}: {why} (learned by another worker)", key=key, why=why)
+    try:
+        learned = from_message(message)
+    except ValueError as e:
+        log.warn("ignored a learned bypass from another worker: {error}", error=str(e))
+        return
+    applied = policy.learned.adopt(learned, cast(IReactorTime, reactor).seconds())
+    if applied is not None:
+        log.info("{learned} (learned by another worker)", learned=applied.describe())
 
 
 def _master(options: Options, directory: Path, ca: CertificateAuthority, bundle: Path) -> IService:

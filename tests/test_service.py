@@ -9,9 +9,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from ipaddress import ip_address
 from pathlib import Path
+from typing import Any, cast
 
-from twisted.trial.unittest import TestCase
+from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from etpmitm.gateway.policyholder import PolicyHolder
+from etpmitm.learnedmessage import to_message
+from etpmitm.learning import Learned
+from etpmitm.service import _learnedByAnother, _shareLearned
+from etpmitm.workers import MasterLink
 
 REPO = Path(__file__).resolve().parent.parent
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -145,3 +156,50 @@ class StartupTests(TestCase):
         for key in ("ca.key", "root.key", "leaf-ecdsa.key"):
             self.assertEqual(stat.S_IMODE((ca / key).stat().st_mode), 0o600, key)
         self.assertNotIn("PRIVATE KEY", text)
+
+
+class LearnedBetweenWorkersTests(SynchronousTestCase):
+    """A bypass one worker learns reaches the others with the same scope, or not at all."""
+
+    def setUp(self) -> None:
+        self.policy = PolicyHolder()
+        self.now = cast(IReactorTime, reactor).seconds()
+
+    def receive(self, message: dict[str, Any]) -> list[str]:
+        with capturedLogs() as events:
+            _learnedByAnother(self.policy, message)
+        return [formatEvent(event) for event in events]
+
+    def test_sharedAsTheMessage(self) -> None:
+        sent: list[dict[str, Any]] = []
+        link = cast(MasterLink, type("Link", (), {"send": staticmethod(sent.append)})())
+        learned = Learned(("a.test", "192.0.2.1:443"), "unknown ca", "client", ("10.0.0.1",), 5.0)
+        _shareLearned(link)(learned)
+        self.assertEqual(sent, [to_message(learned)])
+        _shareLearned(None)(learned)  # one process: nobody to tell
+        self.assertEqual(len(sent), 1)
+
+    def test_clientScopedStaysClientScoped(self) -> None:
+        lines = self.receive(to_message(Learned(("a.test", "192.0.2.1:443"), "unknown ca", "client", ("10.0.0.1",))))
+        self.assertEqual(lines, ["learned bypass for ('a.test', '192.0.2.1:443'), client 10.0.0.1 only: unknown ca"
+                                 " (learned by another worker)"])
+        self.assertTrue(self.policy.learned.is_bypassed(("a.test", "192.0.2.1:443"), ip_address("10.0.0.1"), self.now))
+        self.assertFalse(self.policy.learned.is_bypassed(("a.test", "192.0.2.1:443"), ip_address("10.0.0.2"), self.now))
+        self.assertEqual(self.receive(to_message(Learned(("a.test", "192.0.2.1:443"), "again", "client", ("10.0.0.1",)))), [])
+
+    def test_forEveryone(self) -> None:
+        lines = self.receive(to_message(Learned(("mtls.test", "192.0.2.2:443"), "origin requests a client certificate", "all")))
+        self.assertEqual(len(lines), 1)
+        self.assertIn("every client: origin requests a client certificate (learned by another worker)", lines[0])
+        self.assertTrue(self.policy.learned.is_bypassed(("mtls.test", "192.0.2.2:443"), ip_address("10.9.9.9"), self.now))
+
+    def test_badMessageIgnoredAndLogged(self) -> None:
+        """An old-format message (no scope) widens nothing."""
+        lines = self.receive({"learned": ["a.test", "192.0.2.1:443"], "why": "x"})
+        self.assertEqual(len(lines), 1)
+        self.assertIn("ignored a learned bypass from another worker: fields are", lines[0])
+        self.assertEqual(len(self.policy.learned), 0)
+
+    def test_otherMessagesAreNotForIt(self) -> None:
+        self.assertEqual(self.receive({"something": "else"}), [])
+        self.assertEqual(len(self.policy.learned), 0)
