@@ -9,6 +9,7 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 
+from etpmitm.admission import Admission
 from etpmitm.gateway.origdst import Destination, transportDestination
 from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.gateway.sessions import OriginSessions
@@ -45,3 +46,5 @@ class GatewaySettings:
     originalDestination: Callable[[object], Destination] = transportDestination
     shareLearned: Callable[[Key, str], None] = lambda key, why: None
     """Tell the other workers of a bypass this one learned (see ``etpmitm.workers``)."""
+    admission: Admission | None = None
+    """Connection limits (``--max-connections`` and friends); None: no limits."""
