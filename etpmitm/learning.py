@@ -177,8 +177,9 @@ class LearnedBypass:
     def adopt(self, learned: Learned, now: float) -> Learned | None:
         """Apply a bypass that another worker learned; None if nothing changes here.
 
-        A client-scoped one stays client-scoped, but its clients count
-        towards ``min_clients`` here too, so workers together reach it.
+        A client-scoped one stays client-scoped (unless ``scope`` is "all"
+        here), but its clients count towards ``min_clients`` here too, so
+        workers together reach it.
         """
         if not self.enabled or self._live((learned.key, None), now):
             return None
