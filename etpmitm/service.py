@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import resource
 import signal
 from pathlib import Path
 from typing import Any, Callable, cast
@@ -15,6 +17,7 @@ from twisted.internet.interfaces import IReactorProcess, IReactorSocket, IReacto
 from twisted.logger import Logger
 from twisted.python import usage
 
+from etpmitm.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_PER_CLIENT, DEFAULT_PER_CLIENT_RATE, Admission
 from etpmitm.ca.directory import CertificateAuthority, LeafKeyKind, load_ca
 from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import load_or_create_leaf_key
@@ -27,7 +30,9 @@ from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.gateway.settings import GatewaySettings
 from etpmitm.gateway.origin import TrustStoreError, system_bundle, upstream_context
 from etpmitm.keyfiles import KeyFileError, read_passphrase_file
-from etpmitm.learning import Key
+from etpmitm.learnedmessage import from_message, to_message
+from etpmitm.learning import Learned
+from etpmitm.limits import raise_nofile_limit
 from etpmitm.policy import PolicyError
 from etpmitm.sharedports import AdoptedPorts, bindShared
 from etpmitm.workers import MasterLink, WorkerPool
@@ -63,6 +68,9 @@ class Options(usage.Options):
         ["passphrase-file", None, None, "File holding the passphrase of the keys at rest"],
         ["policy", None, None, f"Policy file (TOML; default: {DEFAULT_POLICY_FILE} if it exists); SIGHUP reloads it"],
         ["workers", None, "1", "Worker processes sharing the listening sockets: a number, or auto (one per core)"],
+        ["max-connections", None, str(DEFAULT_MAX_CONNECTIONS), "Connections open at once, per process; 0: unlimited"],
+        ["max-client-connections", None, str(DEFAULT_PER_CLIENT), "Connections open at once from one client address, per process; 0: unlimited"],
+        ["max-client-rate", None, f"{DEFAULT_PER_CLIENT_RATE:g}", "New connections per second from one client address, per process (bursts of twice that); 0: unlimited"],
     ]
 
     def __init__(self) -> None:
@@ -90,6 +98,31 @@ class Options(usage.Options):
         if self["leaf-cache"] < 1:
             raise usage.UsageError("--leaf-cache must be at least 1")
         self["workers"] = _workerCount(self["workers"])
+        for name in ("max-connections", "max-client-connections"):
+            self[name] = _limit(name, self[name], int)
+        self["max-client-rate"] = _limit("max-client-rate", self["max-client-rate"], float)
+
+
+def _limit(name: str, value: object, kind: type[int] | type[float]) -> Any:
+    """A limit option: a number from 0 (unlimited) up, else a one-line usage error."""
+    try:
+        number = kind(str(value))
+    except ValueError:
+        number = -1
+    if not 0 <= number < 1e9:
+        what = "a whole number" if kind is int else "a number"
+        raise usage.UsageError(f"--{name} must be {what} from 0 (unlimited) to 999999999, not {str(value)!r}")
+    return number
+
+
+def _admission(options: Options) -> Admission:
+    rate = options["max-client-rate"]
+    return Admission(
+        max_connections=options["max-connections"],
+        per_client=options["max-client-connections"],
+        per_client_rate=rate,
+        burst=max(1, math.ceil(2 * rate)),
+    )
 
 
 def _workerCount(value: str) -> int:
@@ -194,6 +227,8 @@ def makeService(options: Options) -> IService:
     except (CAError, TrustStoreError, PolicyError) as e:
         raise StartupError(str(e)) from None
 
+    _logDescriptorLimit(options, *raise_nofile_limit())
+
     if options["workers"] > 1 and not options["worker-listen"]:
         return _master(options, directory, ca, bundle)
 
@@ -211,6 +246,7 @@ def makeService(options: Options) -> IService:
         connectTimeout=options["connect-timeout"],
         idleTimeout=options["idle-timeout"],
         shareLearned=_shareLearned(link),
+        admission=_admission(options),
     )
     factory = IntakeFactory(settings)
     top = GatewayService(policy, link)
@@ -225,6 +261,23 @@ def makeService(options: Options) -> IService:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     _logStart(options, directory, ca, bundle)
     return top
+
+
+def _logDescriptorLimit(options: Options, soft: int, hard: int) -> None:
+    """Log the descriptor limit in use (not in workers: the master did), and whether it is too low."""
+    if options["worker-listen"]:
+        return
+    log.info("file descriptor limit {soft} (hard {hard})", soft=soft, hard=hard)
+    # Two per connection (device and origin), and some for listeners, CA files, logs.
+    need = 2 * options["max-connections"] + 64
+    if options["max-connections"] and soft != resource.RLIM_INFINITY and soft < need:
+        log.warn(
+            "file descriptor limit {soft} is below the {need} that --max-connections {limit} needs; "
+            "raise LimitNOFILE or lower --max-connections",
+            soft=soft,
+            need=need,
+            limit=options["max-connections"],
+        )
 
 
 def _logStart(options: Options, directory: Path, ca: CertificateAuthority, bundle: Path) -> None:
@@ -247,24 +300,28 @@ def _logStart(options: Options, directory: Path, ca: CertificateAuthority, bundl
         )
 
 
-def _shareLearned(link: MasterLink | None) -> Callable[[Key, str], None]:
+def _shareLearned(link: MasterLink | None) -> Callable[[Learned], None]:
     """How a worker tells the others (through the master) what it learned."""
     if link is None:
-        return lambda key, why: None
+        return lambda learned: None
     master = link
-    return lambda key, why: master.send({"learned": list(key), "why": why})
+    return lambda learned: master.send(to_message(learned))
 
 
 def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
-    """A bypass another worker learned: learn it here too."""
+    """A bypass another worker learned: apply it here too, for the same clients."""
     from twisted.internet import reactor
 
-    learned, why = message.get("learned"), message.get("why")
-    if not (isinstance(learned, list) and len(learned) == 2 and isinstance(why, str)):
+    if "learned" not in message:
         return
-    key = (learned[0], str(learned[1]))
-    if policy.learned.learn(key, cast(IReactorTime, reactor).seconds(), why):
-        log.info("learned bypass for {key}: {why} (learned by another worker)", key=key, why=why)
+    try:
+        learned = from_message(message)
+    except ValueError as e:
+        log.warn("ignored a learned bypass from another worker: {error}", error=str(e))
+        return
+    applied = policy.learned.adopt(learned, cast(IReactorTime, reactor).seconds())
+    if applied is not None:
+        log.info("{learned} (learned by another worker)", learned=applied.describe())
 
 
 def _master(options: Options, directory: Path, ca: CertificateAuthority, bundle: Path) -> IService:
@@ -279,7 +336,8 @@ def _workerOptions(options: Options, directory: Path) -> list[str]:
     argv = [f"--ca-dir={directory.resolve()}"]
     trust = options["upstream-trust"]
     argv.append(f"--upstream-trust={trust if trust == 'system' else Path(trust).resolve()}")
-    for name in ("handshake-timeout", "connect-timeout", "idle-timeout", "leaf-key", "leaf-cache"):
+    for name in ("handshake-timeout", "connect-timeout", "idle-timeout", "leaf-key", "leaf-cache",
+                 "max-connections", "max-client-connections", "max-client-rate"):
         argv.append(f"--{name}={options[name]}")
     for name in ("passphrase-file", "policy"):
         if options[name] is not None:

@@ -5,6 +5,8 @@ No root and no network: see :mod:`tests.corelab`.
 
 from __future__ import annotations
 
+import ipaddress
+
 import attrs
 from OpenSSL import SSL
 from twisted.internet.protocol import Protocol
@@ -230,8 +232,9 @@ class InterceptTests(CoreTestCase):
         self.assertIs(self.connection.state, State.SPLICING)
         plain = self.acceptPlain()
         self.assertEqual(plain.received, hello)  # the device's own ClientHello, replayed
-        self.assertTrue(self.policy.learned.is_bypassed(self.connection._learnedKey(), self.connection.client, 0.0)
-                        if _clientScoped(self) else self.policy.learned.is_bypassed(self.connection._learnedKey(), 0.0))  # type: ignore[call-arg]
+        key = self.connection._learnedKey()
+        self.assertTrue(self.policy.learned.is_bypassed(key, self.connection.client, 0.0))
+        self.assertTrue(self.policy.learned.is_bypassed(key, ipaddress.ip_address("10.9.9.9"), 0.0))  # for every device
         plain.transport.loseConnection()  # type: ignore[union-attr]
         self.net.flush()
         self.deviceSocket.other.loseConnection()
@@ -325,13 +328,6 @@ class IntakeEndingsTests(CoreTestCase):
         self.assertIs(self.connection.state, State.READING_HELLO)
         self.advance(0.2)
         self.assertDone("refuse", "error", "handshake timeout: no complete ClientHello within 10s")
-
-
-def _clientScoped(case: CoreTestCase) -> bool:
-    """Whether learned bypasses take the client's address (hardening, issue 9)."""
-    import inspect
-
-    return "client" in inspect.signature(case.policy.learned.is_bypassed).parameters
 
 
 class _SendsOnly(Protocol):

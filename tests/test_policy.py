@@ -142,6 +142,22 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(policy.learning, LearningSettings(False, 1, 0.5, 60.0, 3))
         self.assertIsInstance(policy.learning.window, float)
 
+    def test_readme_example(self) -> None:
+        """The policy example in README.md is a valid policy, with the documented defaults."""
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+        example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+        policy = parse_policy(example, "README.md")
+        self.assertEqual(policy.learning, LearningSettings())
+        self.assertTrue(policy.rules)
+
+    def test_learning_scope(self) -> None:
+        """Learned bypasses are per client by default, for all after 3 clients."""
+        self.assertEqual((DEFAULT_POLICY.learning.scope, DEFAULT_POLICY.learning.min_clients), ("client", 3))
+        policy = parse_policy("[learning]\nscope = 'client'\nmin_clients = 5\n")
+        self.assertEqual((policy.learning.scope, policy.learning.min_clients), ("client", 5))
+        policy = parse_policy("[learning]\nscope = 'all'\n")
+        self.assertEqual(policy.learning.scope, "all")
+
     def test_inline_rules(self) -> None:
         """Rules may be written as an inline array of tables; they are numbered the same."""
         policy = parse_policy('\n\nrule = [{match = ["a.example"], action = "block"}]\n')
@@ -428,7 +444,7 @@ class ErrorTests(SynchronousTestCase):
                 (
                     "[learning]\nttl = 5\nthreshold = 3\n",
                     "3: [learning] unknown key 'threshold' "
-                    "(expected 'enabled', 'failures', 'window', 'ttl' or 'max_entries')",
+                    "(expected 'enabled', 'failures', 'window', 'ttl', 'max_entries', 'scope' or 'min_clients')",
                 ),
                 (EXAMPLE + "port = [443]\n", "24: rule 2: unknown key 'port' (did you mean 'ports'?)"),
                 ("[origin.extra]\nx = 1\n", "1: [origin] unknown key 'extra' (expected 'untrusted')"),
@@ -483,6 +499,12 @@ class ErrorTests(SynchronousTestCase):
             ("max_entries = 0", f"max_entries {count} 10000000, not 0"),
             ("max_entries = {}", f"max_entries {count} 10000000, not a table"),
             ("enabled = 'yes'", "enabled must be true or false, not 'yes'"),
+            ("scope = 'everyone'", "scope must be client or all, not 'everyone'"),
+            ("scope = 'Client'", "scope must be client or all, not 'Client'"),
+            ("scope = true", "scope must be client or all, not true"),
+            ("min_clients = 0", f"min_clients {count} 1000, not 0"),
+            ("min_clients = 1001", f"min_clients {count} 1000, not 1001"),
+            ("min_clients = '3'", f"min_clients {count} 1000, not '3'"),
         ]
         self.assertErrors(
             [
@@ -491,6 +513,17 @@ class ErrorTests(SynchronousTestCase):
             ]
         )
         self.assertError("\n\nlearning.ttl = -1\n", f"policy.toml:3: [learning] ttl {seconds} -1")
+
+    def test_min_clients_needs_client_scope(self) -> None:
+        """With scope = "all" one client teaches all; a min_clients there is a mistake, not ignored."""
+        self.assertError(
+            "[learning]\nscope = 'all'\n# ...\nmin_clients = 3\n",
+            'policy.toml:4: [learning] min_clients applies only with scope = "client"',
+        )
+        self.assertError(
+            "[learning]\nmin_clients = 3\nscope = 'all'\n",
+            'policy.toml:2: [learning] min_clients applies only with scope = "client"',
+        )
 
     def test_rule_structure(self) -> None:
         actions = "intercept, bypass or block"

@@ -9,9 +9,21 @@ import subprocess
 import sys
 import tempfile
 import time
+from ipaddress import ip_address
 from pathlib import Path
+from typing import Any, cast
 
-from twisted.trial.unittest import TestCase
+from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.usage import UsageError
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from etpmitm.gateway.policyholder import PolicyHolder
+from etpmitm.learnedmessage import to_message
+from etpmitm.learning import Learned
+from etpmitm.service import Options, _admission, _learnedByAnother, _logDescriptorLimit, _shareLearned, _workerOptions
+from etpmitm.workers import MasterLink
 
 REPO = Path(__file__).resolve().parent.parent
 TWISTD = Path(sys.executable).parent / "twistd"
@@ -125,6 +137,11 @@ class StartupTests(TestCase):
         self.assertNotEqual(done.returncode, 0)
         self.assertIn("--leaf-key must be ecdsa or rsa", done.stderr + done.stdout)
 
+    def test_badLimit(self) -> None:
+        done = self.twistd("--max-client-rate", "fast")
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("--max-client-rate must be a number from 0 (unlimited) to 999999999, not 'fast'", done.stderr + done.stdout)
+
     def test_embeddedDefaults(self) -> None:
         """With no options it makes an own-root CA in its data directory and listens."""
         log = self.work / "gateway.log"
@@ -142,6 +159,122 @@ class StartupTests(TestCase):
         self.assertIn(f"Created an own-root CA in {ca}; install {ca / 'root.pem'} on devices", text)
         self.assertIn("etpmitm: listen on tcp:0:interface=127.0.0.1", text)
         self.assertIn("REDIRECT --to-ports 0 ", text)
+        self.assertIn("file descriptor limit ", text)
         for key in ("ca.key", "root.key", "leaf-ecdsa.key"):
             self.assertEqual(stat.S_IMODE((ca / key).stat().st_mode), 0o600, key)
         self.assertNotIn("PRIVATE KEY", text)
+
+
+class LearnedBetweenWorkersTests(SynchronousTestCase):
+    """A bypass one worker learns reaches the others with the same scope, or not at all."""
+
+    def setUp(self) -> None:
+        self.policy = PolicyHolder()
+        self.now = cast(IReactorTime, reactor).seconds()
+
+    def receive(self, message: dict[str, Any]) -> list[str]:
+        with capturedLogs() as events:
+            _learnedByAnother(self.policy, message)
+        return [formatEvent(event) for event in events]
+
+    def test_sharedAsTheMessage(self) -> None:
+        sent: list[dict[str, Any]] = []
+        link = cast(MasterLink, type("Link", (), {"send": staticmethod(sent.append)})())
+        learned = Learned(("a.test", "192.0.2.1:443"), "unknown ca", "client", ("10.0.0.1",), 5.0)
+        _shareLearned(link)(learned)
+        self.assertEqual(sent, [to_message(learned)])
+        _shareLearned(None)(learned)  # one process: nobody to tell
+        self.assertEqual(len(sent), 1)
+
+    def test_clientScopedStaysClientScoped(self) -> None:
+        lines = self.receive(to_message(Learned(("a.test", "192.0.2.1:443"), "unknown ca", "client", ("10.0.0.1",))))
+        self.assertEqual(lines, ["learned bypass for ('a.test', '192.0.2.1:443'): unknown ca (client 10.0.0.1 only)"
+                                 " (learned by another worker)"])
+        self.assertTrue(self.policy.learned.is_bypassed(("a.test", "192.0.2.1:443"), ip_address("10.0.0.1"), self.now))
+        self.assertFalse(self.policy.learned.is_bypassed(("a.test", "192.0.2.1:443"), ip_address("10.0.0.2"), self.now))
+        self.assertEqual(self.receive(to_message(Learned(("a.test", "192.0.2.1:443"), "again", "client", ("10.0.0.1",)))), [])
+
+    def test_forEveryone(self) -> None:
+        lines = self.receive(to_message(Learned(("mtls.test", "192.0.2.2:443"), "origin requests a client certificate", "all")))
+        self.assertEqual(len(lines), 1)
+        self.assertIn("origin requests a client certificate (every client) (learned by another worker)", lines[0])
+        self.assertTrue(self.policy.learned.is_bypassed(("mtls.test", "192.0.2.2:443"), ip_address("10.9.9.9"), self.now))
+
+    def test_badMessageIgnoredAndLogged(self) -> None:
+        """An old-format message (no scope) widens nothing."""
+        lines = self.receive({"learned": ["a.test", "192.0.2.1:443"], "why": "x"})
+        self.assertEqual(len(lines), 1)
+        self.assertIn("ignored a learned bypass from another worker: fields are", lines[0])
+        self.assertEqual(len(self.policy.learned), 0)
+
+    def test_otherMessagesAreNotForIt(self) -> None:
+        self.assertEqual(self.receive({"something": "else"}), [])
+        self.assertEqual(len(self.policy.learned), 0)
+
+
+class LimitOptionsTests(SynchronousTestCase):
+    """--max-connections, --max-client-connections and --max-client-rate."""
+
+    def parse(self, *argv: str) -> Options:
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_defaults(self) -> None:
+        admission = _admission(self.parse())
+        self.assertEqual(
+            (admission.max_connections, admission.per_client, admission.per_client_rate, admission.burst),
+            (10000, 256, 50.0, 100),
+        )
+
+    def test_values(self) -> None:
+        options = self.parse("--max-connections=500", "--max-client-connections", "20", "--max-client-rate=2.5")
+        admission = _admission(options)
+        self.assertEqual(
+            (admission.max_connections, admission.per_client, admission.per_client_rate, admission.burst),
+            (500, 20, 2.5, 5),
+        )
+
+    def test_zero_is_unlimited(self) -> None:
+        admission = _admission(self.parse("--max-connections=0", "--max-client-connections=0", "--max-client-rate=0"))
+        for _ in range(300):
+            self.assertIsNone(admission.admit(ip_address("10.0.0.1"), 0.0))
+
+    def test_bad_values(self) -> None:
+        cases = [
+            ("--max-connections=-1", "--max-connections must be a whole number from 0 (unlimited) to 999999999, not '-1'"),
+            ("--max-connections=lots", "--max-connections must be a whole number from 0 (unlimited) to 999999999, not 'lots'"),
+            ("--max-connections=1.5", "--max-connections must be a whole number from 0 (unlimited) to 999999999, not '1.5'"),
+            ("--max-client-connections=1e9", "--max-client-connections must be a whole number"),
+            ("--max-client-rate=-0.5", "--max-client-rate must be a number from 0 (unlimited) to 999999999, not '-0.5'"),
+            ("--max-client-rate=nan", "--max-client-rate must be a number"),
+            ("--max-client-rate=inf", "--max-client-rate must be a number"),
+        ]
+        for argv, message in cases:
+            with self.assertRaises(UsageError) as caught:
+                self.parse(argv)
+            self.assertIn(message, str(caught.exception))
+            self.assertEqual(len(str(caught.exception).splitlines()), 1)
+
+    def test_workers_get_them(self) -> None:
+        options = self.parse("--max-connections=500", "--max-client-connections=20", "--max-client-rate=2.5")
+        argv = _workerOptions(options, Path("/ca"))
+        for arg in ("--max-connections=500", "--max-client-connections=20", "--max-client-rate=2.5"):
+            self.assertIn(arg, argv)
+        # And a worker parses them back to the same values.
+        again = self.parse(*argv)
+        for name in ("max-connections", "max-client-connections", "max-client-rate"):
+            self.assertEqual(again[name], options[name])
+
+    def test_descriptor_limit_logged(self) -> None:
+        with capturedLogs() as events:
+            _logDescriptorLimit(self.parse("--max-connections=10000"), 1024, 4096)
+        lines = [formatEvent(event) for event in events]
+        self.assertEqual(lines[0], "file descriptor limit 1024 (hard 4096)")
+        self.assertIn("file descriptor limit 1024 is below the 20064 that --max-connections 10000 needs", lines[1])
+        with capturedLogs() as events:
+            _logDescriptorLimit(self.parse("--max-connections=10000"), 65536, 65536)
+        self.assertEqual([formatEvent(event) for event in events], ["file descriptor limit 65536 (hard 65536)"])
+        with capturedLogs() as events:
+            _logDescriptorLimit(self.parse("--worker-listen=4"), 1024, 4096)
+        self.assertEqual(list(events), [])  # the master logged it

@@ -59,7 +59,7 @@ from etpmitm.gateway.origin import (
 )
 from etpmitm.gateway.refuse import ACCESS_DENIED, blockPageServer
 from etpmitm.gateway.settings import GatewaySettings, LeafContexts
-from etpmitm.learning import Key, bypass_key
+from etpmitm.learning import Key, Learned, bypass_key
 from etpmitm.mint import LeafName, name_text, origin_names
 from etpmitm.origintrust import OriginVerdict
 
@@ -295,7 +295,7 @@ class Connection:
             return "splice", "bypassed by policy"
         if decision.action == "block":
             return "block", f"blocked by policy: {decision.reason}"
-        if self.settings.policy.learned.is_bypassed(self._learnedKey(), self.settings.clock.seconds()):
+        if self.settings.policy.learned.is_bypassed(self._learnedKey(), self.client, self.settings.clock.seconds()):
             return "splice", LEARNED_BYPASS
         return "intercept", ""
 
@@ -402,9 +402,12 @@ class Connection:
 
     def _learnClientCertificate(self) -> None:
         """The origin wants a client certificate, which only the device has."""
-        key, why = self._learnedKey(), "origin requests a client certificate"
-        if self.settings.policy.learned.learn(key, self.settings.clock.seconds(), why):
-            self._announceLearned(key, why)
+        why = "origin requests a client certificate"
+        learned = self.settings.policy.learned.learn(
+            self._learnedKey(), self.settings.clock.seconds(), why, clients=[self.client]
+        )
+        if learned is not None:
+            self._announceLearned(learned)
         self._act(("splice", f"bypassed: {why}"))
 
     def _untrusted(self, verdict: OriginVerdict, facts: OriginCertificate | None) -> None:
@@ -464,9 +467,11 @@ class Connection:
         """Count a failure towards bypassing this (SNI, destination)."""
         if self.record.origin_verdict != "ok":
             return  # an untrusted origin's warning is meant to be refused
-        key = self._learnedKey()
-        if self.settings.policy.learned.record_failure(key, self.settings.clock.seconds(), why):
-            self._announceLearned(key, why)
+        learned = self.settings.policy.learned.record_failure(
+            self._learnedKey(), self.client, self.settings.clock.seconds(), why
+        )
+        if learned is not None:
+            self._announceLearned(learned)
 
     # -- relaying -------------------------------------------------------------------------
 
@@ -624,7 +629,7 @@ class Connection:
         dst = self._destination()
         return bypass_key(self.record.sni, dst.ip, dst.port)
 
-    def _announceLearned(self, key: Key, why: str) -> None:
+    def _announceLearned(self, learned: Learned) -> None:
         """Log a bypass just learned, and share it with the other workers."""
-        log.info("learned bypass for {key}: {why}", key=key, why=why)
-        self.settings.shareLearned(key, why)
+        log.info("{learned}", learned=learned.describe())
+        self.settings.shareLearned(learned)

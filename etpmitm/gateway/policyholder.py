@@ -14,13 +14,7 @@ log = Logger()
 
 
 def _learnedFor(settings: LearningSettings) -> LearnedBypass:
-    return LearnedBypass(
-        failures=settings.failures,
-        window=settings.window,
-        ttl=settings.ttl,
-        max_entries=settings.max_entries,
-        enabled=settings.enabled,
-    )
+    return LearnedBypass.from_settings(settings)
 
 
 @attrs.define

@@ -9,6 +9,7 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 
+from etpmitm.admission import Admission
 from etpmitm.audit import ConnectionRecord
 from etpmitm.gateway.layers import OpaqueRelay
 from etpmitm.gateway.origdst import Destination, transportDestination
@@ -16,7 +17,7 @@ from etpmitm.gateway.origin import OriginCertificates, OriginSessions
 from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.interfaces import ILayer
 from etpmitm.lru import LRUCache
-from etpmitm.learning import Key
+from etpmitm.learning import Learned
 from etpmitm.mint import LeafName
 
 
@@ -51,5 +52,7 @@ class GatewaySettings:
     """The layer for an intercepted connection, once both handshakes are done
     (the record says what was negotiated: ``alpn``, ``sni``)."""
     originalDestination: Callable[[object], Destination] = transportDestination
-    shareLearned: Callable[[Key, str], None] = lambda key, why: None
+    shareLearned: Callable[[Learned], None] = lambda learned: None
     """Tell the other workers of a bypass this one learned (see ``etpmitm.workers``)."""
+    admission: Admission | None = None
+    """Connection limits (``--max-connections`` and friends); None: no limits."""

@@ -22,7 +22,11 @@ errors::
     failures = 2             # failures within `window` seconds before bypassing
     window = 300
     ttl = 3600               # seconds a learned bypass lasts
-    max_entries = 10000
+    max_entries = 10000      # bounds the failures counted and the bypasses kept
+    scope = "client"         # client: a bypass applies to the device that failed, and
+                             # to every device once `min_clients` devices failed
+                             # within `window`; all: one device's failures teach all
+    min_clients = 3          # only with scope = "client"
 
     [[rule]]                 # tried in order, the first match wins; no match: intercept
     name = "banks"           # optional, shown in decisions
@@ -53,6 +57,7 @@ from etpmitm.policy.decide import (
     Action,
     Decision,
     ECHMode,
+    LearningScope,
     LearningSettings,
     NonTLSMode,
     Policy,
@@ -76,6 +81,7 @@ __all__ = [
     "Decision",
     "ECHMode",
     "HostPattern",
+    "LearningScope",
     "LearningSettings",
     "NetworkPattern",
     "NonTLSMode",

@@ -28,6 +28,7 @@ __all__ = [
     "Action",
     "Decision",
     "ECHMode",
+    "LearningScope",
     "LearningSettings",
     "NonTLSMode",
     "Policy",
@@ -39,11 +40,13 @@ Action = Literal["intercept", "bypass", "block"]
 UntrustedMode = Literal["block", "untrusted", "bypass"]
 NonTLSMode = Literal["passthrough", "close"]
 ECHMode = Literal["intercept", "bypass", "close"]
+LearningScope = Literal["client", "all"]
 
 ACTIONS: tuple[Action, ...] = ("intercept", "bypass", "block")
 UNTRUSTED_MODES: tuple[UntrustedMode, ...] = ("block", "untrusted", "bypass")
 NON_TLS_MODES: tuple[NonTLSMode, ...] = ("passthrough", "close")
 ECH_MODES: tuple[ECHMode, ...] = ("intercept", "bypass", "close")
+LEARNING_SCOPES: tuple[LearningScope, ...] = ("client", "all")
 
 
 @attrs.frozen
@@ -86,13 +89,20 @@ class Decision:
 
 @attrs.frozen
 class LearningSettings:
-    """``[learning]``: when to bypass (SNI, destination) pairs that fail interception."""
+    """``[learning]``: when to bypass (SNI, destination) pairs that fail interception.
+
+    See :class:`etpmitm.learning.LearnedBypass` for what each setting means.
+    """
 
     enabled: bool = True
     failures: int = 2
     window: float = 300.0
     ttl: float = 3600.0
     max_entries: int = 10000
+    scope: LearningScope = attrs.field(default="client", validator=attrs.validators.in_(LEARNING_SCOPES))
+    """"client": a bypass applies to the device that taught it, and to every
+    device once ``min_clients`` devices failed; "all": to every device at once."""
+    min_clients: int = 3
 
 
 _NO_MATCH = Decision("intercept", None, "no rule matched")

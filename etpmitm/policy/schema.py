@@ -18,6 +18,7 @@ from typing import NoReturn, TypeVar
 from etpmitm.policy.decide import (
     ACTIONS,
     ECH_MODES,
+    LEARNING_SCOPES,
     NON_TLS_MODES,
     UNTRUSTED_MODES,
     LearningSettings,
@@ -36,7 +37,7 @@ S = TypeVar("S", bound=str)
 _SECTIONS: dict[str, Collection[str]] = {
     "origin": ("untrusted",),
     "traffic": ("non_tls", "ech"),
-    "learning": ("enabled", "failures", "window", "ttl", "max_entries"),
+    "learning": ("enabled", "failures", "window", "ttl", "max_entries", "scope", "min_clients"),
 }
 _RULE_KEYS = ("match", "action", "ports", "clients", "name")
 _TOP_LEVEL = (*_SECTIONS, "rule")
@@ -151,12 +152,17 @@ class _Checker:
         enabled = table.get("enabled", True)
         if not isinstance(enabled, bool):
             self.fail(("learning", "enabled"), f"enabled must be true or false, not {_show(enabled)}")
+        scope = self.choice(table, ("learning", "scope"), LEARNING_SCOPES, _DEFAULT_LEARNING.scope)
+        if scope == "all" and "min_clients" in table:
+            self.fail(("learning", "min_clients"), 'min_clients applies only with scope = "client"')
         return LearningSettings(
             enabled=enabled,
             failures=self.count(table, "failures", 1000),
             window=self.seconds(table, "window"),
             ttl=self.seconds(table, "ttl"),
             max_entries=self.count(table, "max_entries", 10_000_000),
+            scope=scope,
+            min_clients=self.count(table, "min_clients", 1000),
         )
 
     def count(self, table: Mapping[str, object], key: str, most: int) -> int:
