@@ -29,11 +29,10 @@ unlimited.
 from __future__ import annotations
 
 from collections import OrderedDict
-from ipaddress import IPv4Address, IPv6Address
 
 import attrs
 
-from etpmitm.policy.patterns import unmap
+from etpmitm.addresses import IPAddress as Client, unmap
 
 __all__ = [
     "DEFAULT_BURST",
@@ -52,7 +51,6 @@ DEFAULT_BURST = 100
 MAX_IDLE_CLIENTS = 65536
 """Clients with no open connection whose rate state is kept at most; the oldest go first."""
 
-Client = IPv4Address | IPv6Address
 
 
 @attrs.define

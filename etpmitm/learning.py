@@ -27,12 +27,11 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv6Address
 
 import attrs
 
 from etpmitm.policy.decide import LEARNING_SCOPES, LearningScope, LearningSettings
-from etpmitm.policy.patterns import unmap
+from etpmitm.addresses import IPAddress, unmap
 
 __all__ = ["Key", "Learned", "LearnedBypass", "bypass_key", "client_text", "printable"]
 
@@ -45,19 +44,18 @@ _Slot = tuple[Key, str | None]
 _SHOWN_CLIENTS = 8
 
 
-def bypass_key(sni: str | None, destination: IPv4Address | IPv6Address, port: int) -> Key:
+def bypass_key(sni: str | None, destination: IPAddress, port: int) -> Key:
     """The key for a connection: ``("a.example", "192.0.2.1:443")``, ``(None, "[2001:db8::1]:443")``.
 
     IPv4-mapped IPv6 destinations are written as IPv4.
     """
-    if isinstance(destination, IPv6Address):
-        if destination.ipv4_mapped is None:
-            return sni, f"[{destination}]:{port}"
-        destination = destination.ipv4_mapped
+    destination = unmap(destination)
+    if destination.version == 6:
+        return sni, f"[{destination}]:{port}"
     return sni, f"{destination}:{port}"
 
 
-def client_text(client: IPv4Address | IPv6Address) -> str:
+def client_text(client: IPAddress) -> str:
     """A client address as learning stores it; IPv4-mapped IPv6 is written as IPv4."""
     return str(unmap(client))
 
@@ -148,7 +146,7 @@ class LearnedBypass:
         )
 
     def record_failure(
-        self, key: Key, client: IPv4Address | IPv6Address, now: float, why: str
+        self, key: Key, client: IPAddress, now: float, why: str
     ) -> Learned | None:
         """Count a failed interception of *key* by *client* (a pinning failure).
 
@@ -166,7 +164,7 @@ class LearnedBypass:
         return self._add(Learned(key, why, "client", (address,), now + self.ttl), now)
 
     def learn(
-        self, key: Key, now: float, why: str, *, clients: Iterable[IPv4Address | IPv6Address] = ()
+        self, key: Key, now: float, why: str, *, clients: Iterable[IPAddress] = ()
     ) -> Learned | None:
         """Bypass *key* for every device from now on, e.g. for an origin that asks for a
         client certificate; None if it already was.  *clients*: who found it, for the log."""
@@ -195,7 +193,7 @@ class LearnedBypass:
             return None
         return self._add(Learned(learned.key, learned.why, "client", new, now + self.ttl), now)
 
-    def is_bypassed(self, key: Key, client: IPv4Address | IPv6Address, now: float) -> bool:
+    def is_bypassed(self, key: Key, client: IPAddress, now: float) -> bool:
         """Whether to bypass *key* for *client*; an expired entry is dropped."""
         if not self._learned:
             return False

@@ -8,9 +8,11 @@ from typing import Any
 import attrs
 from twisted.internet.protocol import Protocol
 
+from etpmitm.admission import Admission
 from etpmitm.gateway.connection import State
+from etpmitm.gateway.intake import Intake, IntakeFactory, Refused
 from etpmitm.gateway.origdst import Destination
-from tests.corelab import CoreTestCase
+from tests.corelab import CLIENT, GATEWAY, CoreTestCase
 from tests.hellos import python_client_hello
 
 
@@ -110,3 +112,49 @@ class IntakeTests(CoreTestCase):
         self.send(device, b"SSH-2.0-OpenSSH_9.6\r\n")
         self.assertFalse(self.deviceSocket.aborted)  # a FIN, not a reset
         self.assertDone("close", "refused", "closed by policy (traffic.non_tls = close)")
+
+
+class AdmissionTests(CoreTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.settings = attrs.evolve(self.settings, admission=Admission(max_connections=1, per_client=0, per_client_rate=0, burst=0))
+        self.factory = IntakeFactory(self.settings)
+
+    def connect(self) -> tuple[Any, _Raw]:
+        device = _Raw()
+        protocol = self.factory.buildProtocol(CLIENT)
+        self.net.wire(protocol, device, GATEWAY, CLIENT)
+        self.net.flush()
+        return protocol, device
+
+    def test_pastTheLimitIsResetAtOnceAndTheRestIsServed(self) -> None:
+        first, firstDevice = self.connect()
+        self.assertIsInstance(first, Intake)
+        second, _ = self.connect()
+        self.assertIsInstance(second, Refused)
+        self.assertTrue(second.transport is None or not second.transport.connected)
+        refused = [e for e in self.events if "refused a connection" in e.get("log_format", "")]
+        self.assertEqual([e["reason"] for e in refused], ["connection limit: 1 open"])
+        self.assertEqual([e for e in self.events if e.get("log_namespace") == "etpmitm.audit"], [])
+        self.assertIs(first.connection.state, State.READING_HELLO)  # the admitted one is untouched
+        firstDevice.transport.write(b"GET / HTTP/1.0\r\n\r\n")
+        self.net.flush()
+        self.assertIs(first.connection.state, State.SPLICING)
+
+    def test_aClosedConnectionFreesItsPlace(self) -> None:
+        first, firstDevice = self.connect()
+        firstDevice.transport.loseConnection()
+        self.net.flush()
+        self.assertIs(first.connection.state, State.DONE)
+        again, _ = self.connect()
+        self.assertIsInstance(again, Intake)
+
+    def test_refusalsAreLoggedRateLimited(self) -> None:
+        self.connect()
+        for _ in range(5):
+            self.connect()
+        self.reactor.advance(11)
+        self.connect()
+        refused = [e for e in self.events if "refused a connection" in e.get("log_format", "")]
+        self.assertEqual(len(refused), 2)
+        self.assertEqual(refused[1]["more"], " (4 more refused for the same kind of limit since the last line)")

@@ -8,18 +8,22 @@ buffered into it and from then on only passes events through.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Callable, cast
 
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from etpmitm.addresses import unmap
+from etpmitm.admission import RateLimitedLog, refusal_kind
 from etpmitm.clienthello import ClientHelloParser, NeedMore
 from etpmitm.gateway.connection import Connection
 from etpmitm.gateway.origin import tuneRelaySocket
 from etpmitm.gateway.settings import GatewaySettings
 
+log = Logger()
 _SPENT = ClientHelloParser()
 
 
@@ -27,8 +31,9 @@ _SPENT = ClientHelloParser()
 class Intake(Protocol):
     """Peek at the first bytes, then become a pass-through."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, release: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
+        self._release = release
         self._parser = ClientHelloParser()
         self._judged = False
         self._late: list[bytes] = []  # bytes that came after the verdict, for the replay
@@ -91,21 +96,51 @@ class Intake(Protocol):
             halfCloseable.writeConnectionLost()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._release()
         if self._next is not None:
             self._next.connectionLost(reason)
         elif self.connection is not None:
             self.connection.deviceLost(reason)
 
 
+class Refused(Protocol):
+    """A connection past an admission limit: reset at once, before any work."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
 class IntakeFactory(Factory):
-    """Builds an :class:`Intake` per accepted connection."""
+    """Builds an :class:`Intake` per accepted connection, within the admission limits.
+
+    A connection past a limit gets no audit event of its own (a flood would
+    flood the log): refusals are logged at most once per interval and reason
+    kind, with the count of those not logged.
+    """
 
     noisy = False
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
+        self.refusals = RateLimitedLog()
 
-    def buildProtocol(self, addr: object) -> Intake:
-        intake = Intake(self.settings)
+    def buildProtocol(self, addr: object) -> Intake | Refused:
+        admission = self.settings.admission
+        if admission is None:
+            intake = Intake(self.settings)
+        else:
+            client = unmap(addr.host)  # type: ignore[attr-defined]
+            now = self.settings.clock.seconds()
+            refusal = admission.admit(client, now)
+            if refusal is not None:
+                self._logRefusal(refusal, now)
+                return Refused()
+            intake = Intake(self.settings, lambda: admission.release(client))
         intake.factory = self
         return intake
+
+    def _logRefusal(self, reason: str, now: float) -> None:
+        show, suppressed = self.refusals.check(refusal_kind(reason), now)
+        if show:
+            more = f" ({suppressed} more refused for the same kind of limit since the last line)" if suppressed else ""
+            log.warn("refused a connection: {reason}{more}", reason=reason, more=more)
