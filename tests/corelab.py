@@ -190,6 +190,7 @@ class CoreTestCase(SynchronousTestCase):
             handshakeTimeout=self.handshakeTimeout,
             idleTimeout=self.idleTimeout,
             originalDestination=lambda transport: ORIGIN,
+            isLocal=lambda address: str(address) in (GATEWAY.host, GATEWAY_WAN.host),
         )
         self.intake: Intake | None = None
 

@@ -14,6 +14,8 @@ chunked request bodies; "Expect: 100-continue" honoured):
     GET  /bytes/N    N bytes of pattern(N) (byte i is i % 251)
     POST /echo       JSON {"length": n, "sha256": hex} of the request body
     GET  /info       JSON: sni, alpn, version, cipher, peer, local, tls
+    GET  /truncate/N N of the 2N bytes its Content-Length promises, then a
+                     TCP close without close_notify (an origin that dies)
 
 If ALPN selects h2 the server speaks real HTTP/2 (the h2 library) with the
 same routes, content types and content-length. Many streams run at once on
@@ -26,6 +28,7 @@ ends before its response starts (it is an origin, not a proxy).
 from __future__ import annotations
 
 import argparse
+import os
 import hashlib
 import json
 import selectors
@@ -193,8 +196,10 @@ class Connection:
         finally:
             self.close()
 
+    truncated = False
+
     def close(self) -> None:
-        if isinstance(self.sock, ssl.SSLSocket):
+        if isinstance(self.sock, ssl.SSLSocket) and not self.truncated:
             try:
                 # Send close_notify; wait briefly for the peer's.
                 self.sock.settimeout(1)
@@ -252,10 +257,24 @@ class Connection:
             for data in _read_body(rfile, headers):
                 digest.update(data)
                 length += len(data)
+            if method == "GET" and target.startswith("/truncate/") and target[10:].isdigit():
+                self.truncate(int(target[10:]))
+                return
             r = self.route(method, target, length, digest.hexdigest())
             self.send_response(f"{r.status} {r.reason}", r.chunks(), r.length, r.ctype, keep_alive)
             if not keep_alive:
                 return
+
+    def truncate(self, size: int) -> None:
+        """Promise 2 * size bytes, send size, then close TCP under TLS: no close_notify."""
+        self.sock.sendall(
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {2 * size}\r\n\r\n".encode()
+            + pattern(size)
+        )
+        raw = socket.socket(fileno=os.dup(self.sock.fileno()))
+        raw.shutdown(socket.SHUT_RDWR)  # the FIN goes out with no TLS alert before it
+        raw.close()
+        self.truncated = True  # close() must not try close_notify on the shut socket
 
     def route(self, method: str, target: str, length: int, sha: str) -> Response:
         """The response to a request whose body had length bytes with digest sha."""

@@ -12,6 +12,7 @@ from OpenSSL import SSL
 from twisted.internet.protocol import Protocol
 
 from etpmitm.gateway.connection import CLOSE_GRACE, TRANSITIONS, State
+from etpmitm.gateway.origdst import Destination
 from etpmitm.gateway.origin import RELAY_BUFFER
 from tests.corelab import CoreTestCase, Peer
 from tests.hellos import python_client_hello
@@ -359,3 +360,12 @@ class _ResetsOnData(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class OwnAddressTests(CoreTestCase):
+    def test_destinationIsTheGatewayItself(self) -> None:
+        """A device that connects to the gateway's own address is refused, on any port."""
+        self.settings = attrs.evolve(self.settings, originalDestination=lambda transport: Destination(ipaddress.ip_address("192.0.2.1"), 22))
+        self.connectDevice()
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertDone("refuse", "error", "addressed to the gateway itself (192.0.2.1:22)")

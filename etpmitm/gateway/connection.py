@@ -171,6 +171,9 @@ class Connection:
         if dst.port == host.port and dst.ip == unmap(host.host):
             self._refuse("not redirected: addressed to the gateway's own listening address")
             return
+        if self.settings.isLocal(dst.ip):
+            self._refuse(f"addressed to the gateway itself ({dst}): it relays to no local service")
+            return
         self.destination = dst
         self._restartTimer(self.settings.handshakeTimeout)
 

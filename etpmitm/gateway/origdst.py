@@ -11,6 +11,9 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import time
+from pathlib import Path
+from typing import Any, Callable
 
 import attrs
 
@@ -78,3 +81,56 @@ def _is_v4_mapped(address: str) -> bool:
     except ValueError:
         return False
     return parsed.ipv4_mapped is not None
+
+
+# -- the gateway's own addresses --------------------------------------------------
+
+
+def parse_fib_trie(text: str) -> set[ipaddress.IPv4Network]:
+    """The IPv4 networks routed to this host (``host LOCAL``) in ``/proc/net/fib_trie``."""
+    found: set[ipaddress.IPv4Network] = set()
+    address = None
+    for line in text.splitlines():
+        entry = line.strip()
+        if entry.startswith("|-- "):
+            address = entry[4:]
+        elif address is not None and entry.startswith("/") and entry.endswith(" host LOCAL"):
+            found.add(ipaddress.IPv4Network(f"{address}{entry.split()[0]}", strict=False))
+    return found
+
+
+def parse_if_inet6(text: str) -> set[ipaddress.IPv6Network]:
+    """The IPv6 addresses of this host in ``/proc/net/if_inet6``."""
+    return {ipaddress.IPv6Network(int(line.split()[0], 16)) for line in text.splitlines() if line.strip()}
+
+
+class LocalAddresses:
+    """Whether an address belongs to this network namespace, re-read at most every ``maxAge`` seconds.
+
+    A device that connects to one of the gateway's own addresses must not be
+    relayed to a service on the gateway itself.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, maxAge: float = 5.0,
+                 root: Path = Path("/proc/net")) -> None:
+        self._clock = clock
+        self._maxAge = maxAge
+        self._root = root
+        self._networks: set[Any] = set()
+        self._read = -maxAge
+
+    def __call__(self, address: IPAddress) -> bool:
+        now = self._clock()
+        if now - self._read >= self._maxAge:
+            self._read = now
+            self._networks = self._load()
+        return any(address in network for network in self._networks)
+
+    def _load(self) -> set[Any]:
+        networks: set[Any] = {ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")}
+        for name, parse in (("fib_trie", parse_fib_trie), ("if_inet6", parse_if_inet6)):
+            try:
+                networks |= parse((self._root / name).read_text())
+            except (OSError, ValueError):
+                pass  # no IPv6, or not Linux: loopback is still known
+        return networks

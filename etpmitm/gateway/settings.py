@@ -12,7 +12,8 @@ from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from etpmitm.admission import Admission
 from etpmitm.audit import ConnectionRecord
 from etpmitm.gateway.layers import OpaqueRelay
-from etpmitm.gateway.origdst import Destination, transportDestination
+from etpmitm.addresses import IPAddress
+from etpmitm.gateway.origdst import Destination, LocalAddresses, transportDestination
 from etpmitm.gateway.origin import OriginCertificates, OriginSessions
 from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.interfaces import ILayer
@@ -52,6 +53,8 @@ class GatewaySettings:
     """The layer for an intercepted connection, once both handshakes are done
     (the record says what was negotiated: ``alpn``, ``sni``)."""
     originalDestination: Callable[[object], Destination] = transportDestination
+    isLocal: Callable[[IPAddress], bool] = attrs.Factory(LocalAddresses)
+    """Whether an address is the gateway's own (connections to it are refused)."""
     shareLearned: Callable[[Learned], None] = lambda learned: None
     """Tell the other workers of a bypass this one learned (see ``etpmitm.workers``)."""
     admission: Admission | None = None
