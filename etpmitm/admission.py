@@ -11,14 +11,15 @@ The defaults are for a gateway serving thousands of devices:
   (device and origin) and about 50 KiB, so 20,000 descriptors and some 500 MB:
   what one worker on a modest gateway can hold, far more than its CPU can
   keep busy.
-- ``per_client = 256`` open from one address.  A browser holds a few dozen
-  connections; a NAT or terminal server with many users behind one address
-  needs more.  256 keeps one address from taking the whole gateway.
-- ``per_client_rate = 50`` new connections per second from one address, with
-  a ``burst`` of 100.  Loading a heavy page opens a few dozen connections at
-  once, which the burst covers; a sustained 50/s is far beyond any device's
-  normal use, but stops one address flooding the gateway with handshakes,
-  each of which costs a signature.
+- ``per_client = 2048`` open from one address.  A browser holds a few dozen
+  connections, but a NAT, a terminal server or a guest network puts hundreds
+  of devices behind one address.  2048 (a fifth of the total) keeps one
+  address from taking the whole gateway without cutting off a site.
+- ``per_client_rate = 200`` new connections per second from one address, with
+  a ``burst`` of 400.  A page load opens a few dozen connections at once and
+  a NAT'd office many more; a sustained 200/s is beyond any such use, but
+  caps what one address can spend of a worker's handshakes (a few hundred a
+  second, each with a signature), so the rest keep being served.
 
 Limits are per address (IPv4-mapped IPv6 counts as IPv4), not per IPv6 /64,
 since a whole LAN often shares one /64.  Each process has its own Admission:
@@ -45,9 +46,9 @@ __all__ = [
 ]
 
 DEFAULT_MAX_CONNECTIONS = 10000
-DEFAULT_PER_CLIENT = 256
-DEFAULT_PER_CLIENT_RATE = 50.0
-DEFAULT_BURST = 100
+DEFAULT_PER_CLIENT = 2048
+DEFAULT_PER_CLIENT_RATE = 200.0
+DEFAULT_BURST = 400
 MAX_IDLE_CLIENTS = 65536
 """Clients with no open connection whose rate state is kept at most; the oldest go first."""
 

@@ -82,17 +82,17 @@ class Learned:
 
     def describe(self) -> str:
         """One log-safe line, e.g. ``learned bypass for ('a.example', '192.0.2.1:443'):
-        certificate unknown (client 10.0.0.2 only)``."""
+        certificate unknown (client 10.0.0.2 only)``; a bypass learned for
+        every client at once (an mTLS origin) has no suffix."""
         shown = ", ".join(self.clients[:_SHOWN_CLIENTS])
         if len(self.clients) > _SHOWN_CLIENTS:
             shown += f" and {len(self.clients) - _SHOWN_CLIENTS} more"
+        line = f"learned bypass for {self.key!r}: {printable(self.why)}"
         if self.scope == "client":
-            who = f"client {shown} only" if len(self.clients) == 1 else f"clients {shown} only"
-        elif self.clients:
-            who = f"every client (failures from {shown})"
-        else:
-            who = "every client"
-        return f"learned bypass for {self.key!r}: {printable(self.why)} ({who})"
+            return f"{line} ({'client' if len(self.clients) == 1 else 'clients'} {shown} only)"
+        if self.clients:
+            return f"{line} (every client; failures from {shown})"
+        return line
 
 
 def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int) -> None:

@@ -26,7 +26,7 @@ class LimitTests(SynchronousTestCase):
         admission = Admission()
         self.assertEqual(
             (admission.max_connections, admission.per_client, admission.per_client_rate, admission.burst),
-            (10000, 256, 50.0, 100),
+            (10000, 2048, 200.0, 400),
         )
 
     def test_connection_limit(self) -> None:

@@ -262,11 +262,11 @@ class DescribeTests(SynchronousTestCase):
         self.assertEqual(
             Learned(PINNED, "x", "all", ("10.0.0.1", "10.0.0.2", "10.0.0.3")).describe(),
             "learned bypass for ('pinned.example', '192.0.2.1:443'): x "
-            "(every client (failures from 10.0.0.1, 10.0.0.2, 10.0.0.3))",
+            "(every client; failures from 10.0.0.1, 10.0.0.2, 10.0.0.3)",
         )
         self.assertEqual(
             Learned(MTLS, "origin requests a client certificate", "all").describe(),
-            "learned bypass for ('mtls.example', '192.0.2.2:443'): origin requests a client certificate (every client)",
+            "learned bypass for ('mtls.example', '192.0.2.2:443'): origin requests a client certificate",
         )
 
     def test_many_clients_are_counted_not_listed(self) -> None:

@@ -197,7 +197,7 @@ class LearnedBetweenWorkersTests(SynchronousTestCase):
     def test_forEveryone(self) -> None:
         lines = self.receive(to_message(Learned(("mtls.test", "192.0.2.2:443"), "origin requests a client certificate", "all")))
         self.assertEqual(len(lines), 1)
-        self.assertIn("origin requests a client certificate (every client) (learned by another worker)", lines[0])
+        self.assertIn("origin requests a client certificate (learned by another worker)", lines[0])
         self.assertTrue(self.policy.learned.is_bypassed(("mtls.test", "192.0.2.2:443"), ip_address("10.9.9.9"), self.now))
 
     def test_badMessageIgnoredAndLogged(self) -> None:
@@ -224,7 +224,7 @@ class LimitOptionsTests(SynchronousTestCase):
         admission = _admission(self.parse())
         self.assertEqual(
             (admission.max_connections, admission.per_client, admission.per_client_rate, admission.burst),
-            (10000, 256, 50.0, 100),
+            (10000, 2048, 200.0, 400),
         )
 
     def test_values(self) -> None:

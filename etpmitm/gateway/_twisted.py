@@ -14,7 +14,7 @@ suite has passed on.
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar, cast
+from typing import Any, Callable, TypeVar, cast
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol, ITCPTransport
@@ -253,14 +253,30 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
         return cast(ITCPTransport, self.transport)
 
 
-def halfCloseableTLS(creator: object, isClient: bool, protocol: IProtocol) -> HalfCloseableTLS:
-    """A :class:`HalfCloseableTLS` around ``protocol``, not yet connected.
+def onlyProtocol(protocol: IProtocol) -> Factory[Any]:
+    """A quiet factory whose one product is ``protocol`` (already built)."""
+    factory: Factory[Any] = Factory.forProtocol(lambda: protocol)
+    factory.noisy = False
+    return factory
+
+
+def halfCloseableTLSFactory(creator: object, isClient: bool, protocol: IProtocol) -> TLSMemoryBIOFactory:
+    """A factory of one :class:`HalfCloseableTLS` around ``protocol``, for an endpoint to connect.
 
     ``creator`` is an ``IOpenSSLClientConnectionCreator`` (``isClient``) or
     ``IOpenSSLServerConnectionCreator``.
     """
-    factory = TLSMemoryBIOFactory(creator, isClient, Factory())  # type: ignore[arg-type]
-    return HalfCloseableTLS(factory, protocol)
+    factory = TLSMemoryBIOFactory(creator, isClient, onlyProtocol(protocol))  # type: ignore[arg-type]
+    factory.protocol = HalfCloseableTLS
+    factory.noisy = False
+    return factory
+
+
+def halfCloseableTLS(creator: object, isClient: bool, protocol: IProtocol) -> HalfCloseableTLS:
+    """A :class:`HalfCloseableTLS` around ``protocol``, not yet connected."""
+    tls = halfCloseableTLSFactory(creator, isClient, protocol).buildProtocol(None)
+    assert isinstance(tls, HalfCloseableTLS)
+    return tls
 
 
 def missingInternals(tls: TLSMemoryBIOProtocol, tcp: Connection) -> list[str]:

@@ -406,9 +406,7 @@ class Connection:
     def _learnClientCertificate(self) -> None:
         """The origin wants a client certificate, which only the device has."""
         why = "origin requests a client certificate"
-        learned = self.settings.policy.learned.learn(
-            self._learnedKey(), self.settings.clock.seconds(), why, clients=[self.client]
-        )
+        learned = self.settings.policy.learned.learn(self._learnedKey(), self.settings.clock.seconds(), why)
         if learned is not None:
             self._announceLearned(learned)
         self._act(("splice", f"bypassed: {why}"))

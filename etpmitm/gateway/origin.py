@@ -6,8 +6,8 @@ inside the handshake but never aborts it: each error is recorded so that,
 once the handshake is done, the connection can decide what the device may
 see (see :mod:`etpmitm.origintrust`).  Nothing is relayed before that.
 
-Plain TCP (for splices) uses the public ``endpoints.connectProtocol``; TLS
-wraps the same endpoint in :class:`~etpmitm.gateway._twisted.HalfCloseableTLS`.
+Origin connections go through the public endpoint API; TLS wraps the
+connection in :class:`~etpmitm.gateway._twisted.HalfCloseableTLS`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import ssl
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import attrs
 from cryptography import x509
@@ -24,14 +24,14 @@ from service_identity import VerificationError
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 from twisted.internet import error
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocol, IReactorTCP, IStreamClientEndpoint
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from etpmitm.addresses import IPAddress
-from etpmitm.gateway._twisted import HalfCloseableTLS, halfCloseableTLS
+from etpmitm.gateway._twisted import HalfCloseableTLS, halfCloseableTLSFactory, onlyProtocol
 from etpmitm.gateway.origdst import Destination
 from etpmitm.lru import LRUCache
 from etpmitm.mint import LeafName, leaf_names
@@ -167,7 +167,7 @@ def connectPlain(reactor: IReactorTCP, dst: Destination, protocol: IProtocol, ti
         tuneRelaySocket(connected.transport)  # type: ignore[attr-defined]
         return connected
 
-    connecting: Deferred[IProtocol] = connectProtocol(_endpoint(reactor, dst, timeout), protocol)
+    connecting: Deferred[IProtocol] = _endpoint(reactor, dst, timeout).connect(onlyProtocol(protocol))
     return connecting.addCallback(connected)
 
 
@@ -190,14 +190,13 @@ def connectTLS(
     key: SessionKey = (str(dst.ip), dst.port, sni)
     session = sessions.lookup(key) if sessions is not None else None
     creator = OriginTLSCreator(context, sni, alpn, session)
-    tls = halfCloseableTLS(creator, True, protocol)
 
-    def connected(_: object) -> OriginTLS:
+    def connected(tls: HalfCloseableTLS) -> OriginTLS:
         tuneRelaySocket(tls.transport)
         return OriginTLS(tls, creator.record, cast(SSL.Connection, tls.getHandle()), key)
 
-    connecting: Deferred[IProtocol] = connectProtocol(_endpoint(reactor, dst, timeout), tls)
-    done = connecting.addCallback(connected)
+    connecting: Deferred[Any] = _endpoint(reactor, dst, timeout).connect(halfCloseableTLSFactory(creator, True, protocol))
+    done: Deferred[OriginTLS] = connecting.addCallback(connected)
     done.addErrback(lambda failure: Failure(explain(failure, creator.record)))
     return done
 
