@@ -20,7 +20,7 @@ from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import load_or_create_leaf_key
 from etpmitm.ca.ownroot import init_own_root
 from etpmitm.ca.untrusted import load_or_create_untrusted_ca
-from etpmitm.defaults import DEFAULT_LISTEN, data_directory, default_ca_directory
+from etpmitm.defaults import DEFAULT_BACKLOG, data_directory, default_ca_directory, default_listen
 from etpmitm.gateway.decide import decide
 from etpmitm.gateway.devicetls import CachedLeafContexts
 from etpmitm.gateway.intake import IntakeFactory
@@ -30,7 +30,7 @@ from etpmitm.gateway.upstream import TrustStoreError, system_bundle, upstream_co
 from etpmitm.keyfiles import KeyFileError, read_passphrase_file
 from etpmitm.learning import Key
 from etpmitm.policy import PolicyError
-from etpmitm.sharedports import AdoptedPorts, bindShared
+from etpmitm.sharedports import AdoptedPorts, bindShared, tcpAddress, withBacklog
 from etpmitm.workers import MasterLink, WorkerPool
 
 log = Logger()
@@ -64,26 +64,31 @@ class Options(usage.Options):
         ["passphrase-file", None, None, "File holding the passphrase of the keys at rest"],
         ["policy", None, None, "Policy file (TOML): rules, untrusted-origin action, learning; SIGHUP reloads it"],
         ["workers", None, "1", "Worker processes sharing the listening sockets: a number, or auto (one per core)"],
+        ["backlog", None, DEFAULT_BACKLOG, "Accept queue of each listening socket (capped by net.core.somaxconn)", int],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["worker-listen"] = []
+        self["listen-note"] = None
 
-    def opt_worker_listen(self, fd: str) -> None:
-        """Internal: a listening socket inherited from the master (--workers)."""
-        if not fd.isdigit():
-            raise usage.UsageError(f"--worker-listen takes a file descriptor, not {fd!r}")
-        self["worker-listen"].append(int(fd))
+    def opt_worker_listen(self, value: str) -> None:
+        """Internal: FD:BACKLOG, a listening socket inherited from the master (--workers)."""
+        fd, _, backlog = value.partition(":")
+        if not (fd.isdigit() and backlog.isdigit()):
+            raise usage.UsageError(f"--worker-listen takes a file descriptor and a backlog (FD:BACKLOG), not {value!r}")
+        self["worker-listen"].append((int(fd), int(backlog)))
 
     def opt_listen(self, description: str) -> None:
-        """Endpoint to listen on (strports syntax; repeatable; default tcp:8443)."""
+        """Endpoint to listen on (strports syntax; repeatable; default tcp6:8443:interface=\\:\\:, dual-stack)."""
         self["listen"].append(description)
 
     def postOptions(self) -> None:
         if not self["listen"]:
-            self["listen"] = [DEFAULT_LISTEN]
+            self["listen"], self["listen-note"] = default_listen()
+        if self["backlog"] < 1:
+            raise usage.UsageError("--backlog must be at least 1")
         if self["leaf-key"] not in ("ecdsa", "rsa"):
             raise usage.UsageError("--leaf-key must be ecdsa or rsa")
         if self["leaf-cache"] < 1:
@@ -159,6 +164,8 @@ class GatewayService(MultiService):
             reactor.callFromThread(self.policy.reload)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGHUP, onHangup)
+        # A worker starts with SIGHUP blocked (etpmitm.workers): ready now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     def privilegedStartService(self) -> None:
         try:
@@ -192,9 +199,10 @@ def makeService(options: Options) -> IService:
         policy = PolicyHolder.load(Path(options["policy"]) if options["policy"] else None)
     except (CAError, TrustStoreError, PolicyError) as e:
         raise StartupError(str(e)) from None
+    descriptions = _listenDescriptions(options)
 
     if options["workers"] > 1 and not options["worker-listen"]:
-        return _master(options, directory, ca, bundle)
+        return _master(options, descriptions, directory, ca, bundle)
 
     link: MasterLink | None = None
     if options["worker-listen"]:
@@ -217,27 +225,41 @@ def makeService(options: Options) -> IService:
         AdoptedPorts(cast(IReactorSocket, reactor), options["worker-listen"], factory).setServiceParent(top)
         log.info("etpmitm worker {pid} serving the master's sockets", pid=os.getpid())
         return top
-    for description in options["listen"]:
+    for description in descriptions:
         try:
             strports.service(description, factory).setServiceParent(top)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     _logStart(options, directory, ca, bundle)
     return top
 
 
+def _listenDescriptions(options: Options) -> list[str]:
+    """The --listen descriptions, each with --backlog unless it names its own."""
+    descriptions = []
+    for description in options["listen"]:
+        try:
+            descriptions.append(withBacklog(description, options["backlog"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise StartupError(f"bad --listen {description!r}: {e}") from None
+    return descriptions
+
+
 def _logStart(options: Options, directory: Path, ca: CertificateAuthority, bundle: Path) -> None:
     subject = ca.certificate.subject.rfc4514_string()
     log.info(
-        "etpmitm: listen on {listen}; sign with {subject} from {directory}; "
+        "etpmitm: listen on {listen} (backlog {backlog}); sign with {subject} from {directory}; "
         "verify origins against {bundle}; policy {policy}; workers {workers}",
         listen=", ".join(options["listen"]),
+        backlog=options["backlog"],
         subject=subject,
         directory=str(directory),
         bundle=str(bundle),
         policy=options["policy"] or "(built-in: intercept all, block untrusted origins)",
         workers=options["workers"],
     )
+    if options["listen-note"]:
+        log.warn("etpmitm: {note}", note=options["listen-note"])
     for port in _listenPorts(options["listen"]):
         log.info(
             "Send traffic here with: iptables -t nat -A PREROUTING -i <lan-if> -p tcp --dport 443 "
@@ -266,9 +288,10 @@ def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
         log.info("learned bypass for {key}: {why} (learned by another worker)", key=key, why=why)
 
 
-def _master(options: Options, directory: Path, ca: CertificateAuthority, bundle: Path) -> IService:
+def _master(options: Options, descriptions: list[str], directory: Path, ca: CertificateAuthority,
+            bundle: Path) -> IService:
     """The master of ``--workers N``: binds the sockets, runs the workers."""
-    top = MasterService(options["listen"], options["workers"], _workerOptions(options, directory))
+    top = MasterService(descriptions, options["workers"], _workerOptions(options, directory))
     _logStart(options, directory, ca, bundle)
     return top
 
@@ -309,7 +332,8 @@ class MasterService(MultiService):
                 raise StartupError(f"bad --listen {description!r}: {e}") from None
         # Worker i gets socket i of every group.
         sockets = [[group[i] for group in groups] for i in range(self._workers)]
-        self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, self._workerOptions)
+        backlogs = [tcpAddress(description).backlog for description in self._descriptions]
+        self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, backlogs, self._workerOptions)
         self.pool.setServiceParent(self)
         super().privilegedStartService()
 
