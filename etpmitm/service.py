@@ -23,7 +23,7 @@ from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import load_or_create_leaf_key
 from etpmitm.ca.ownroot import init_own_root
 from etpmitm.ca.untrusted import load_or_create_untrusted_ca
-from etpmitm.defaults import DEFAULT_LISTEN, DEFAULT_POLICY_FILE, data_directory, default_ca_directory, default_policy_file
+from etpmitm.defaults import DEFAULT_BACKLOG, DEFAULT_POLICY_FILE, data_directory, default_ca_directory, default_listen, default_policy_file
 from etpmitm.gateway.device import CachedLeafContexts
 from etpmitm.gateway.intake import IntakeFactory
 from etpmitm.gateway.policyholder import PolicyHolder
@@ -34,7 +34,7 @@ from etpmitm.learnedmessage import from_message, to_message
 from etpmitm.learning import Learned
 from etpmitm.limits import raise_nofile_limit
 from etpmitm.policy import PolicyError
-from etpmitm.sharedports import AdoptedPorts, bindShared
+from etpmitm.sharedports import AdoptedPorts, bindShared, tcpAddress, withBacklog
 from etpmitm.workers import MasterLink, WorkerPool
 
 log = Logger()
@@ -71,28 +71,33 @@ class Options(usage.Options):
         ["max-connections", None, str(DEFAULT_MAX_CONNECTIONS), "Connections open at once, per process; 0: unlimited"],
         ["max-client-connections", None, str(DEFAULT_PER_CLIENT), "Connections open at once from one client address, per process; 0: unlimited"],
         ["max-client-rate", None, f"{DEFAULT_PER_CLIENT_RATE:g}", "New connections per second from one client address, per process (bursts of twice that); 0: unlimited"],
+        ["backlog", None, DEFAULT_BACKLOG, "Accept queue of each listening socket (capped by net.core.somaxconn)", int],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["worker-listen"] = []
+        self["listen-note"] = None
 
-    def opt_worker_listen(self, fd: str) -> None:
-        """Internal: a listening socket inherited from the master (--workers)."""
-        if not fd.isdigit():
-            raise usage.UsageError(f"--worker-listen takes a file descriptor, not {fd!r}")
-        self["worker-listen"].append(int(fd))
+    def opt_worker_listen(self, value: str) -> None:
+        """Internal: FD:BACKLOG, a listening socket inherited from the master (--workers)."""
+        fd, _, backlog = value.partition(":")
+        if not (fd.isdigit() and backlog.isdigit()):
+            raise usage.UsageError(f"--worker-listen takes a file descriptor and a backlog (FD:BACKLOG), not {value!r}")
+        self["worker-listen"].append((int(fd), int(backlog)))
 
     def opt_listen(self, description: str) -> None:
-        """Endpoint to listen on (strports syntax; repeatable; default tcp:8443)."""
+        """Endpoint to listen on (strports syntax; repeatable; default tcp6:8443:interface=\\:\\:, dual-stack)."""
         self["listen"].append(description)
 
     def postOptions(self) -> None:
         if not self["listen"]:
-            self["listen"] = [DEFAULT_LISTEN]
+            self["listen"], self["listen-note"] = default_listen()
         if self["policy"] is None and (policy := default_policy_file()) is not None:
             self["policy"] = str(policy)
+        if self["backlog"] < 1:
+            raise usage.UsageError("--backlog must be at least 1")
         if self["leaf-key"] not in ("ecdsa", "rsa"):
             raise usage.UsageError("--leaf-key must be ecdsa or rsa")
         if self["leaf-cache"] < 1:
@@ -193,6 +198,8 @@ class GatewayService(MultiService):
             reactor.callFromThread(self.policy.reload)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGHUP, onHangup)
+        # A worker starts with SIGHUP blocked (etpmitm.workers): ready now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     def privilegedStartService(self) -> None:
         try:
@@ -226,11 +233,12 @@ def makeService(options: Options) -> IService:
         policy = PolicyHolder.load(Path(options["policy"]) if options["policy"] else None)
     except (CAError, TrustStoreError, PolicyError) as e:
         raise StartupError(str(e)) from None
+    descriptions = _listenDescriptions(options)
 
     _logDescriptorLimit(options, *raise_nofile_limit())
 
     if options["workers"] > 1 and not options["worker-listen"]:
-        return _master(options, directory, ca, bundle)
+        return _master(options, descriptions, directory, ca, bundle)
 
     link: MasterLink | None = None
     if options["worker-listen"]:
@@ -254,10 +262,10 @@ def makeService(options: Options) -> IService:
         AdoptedPorts(cast(IReactorSocket, reactor), options["worker-listen"], factory).setServiceParent(top)
         log.info("etpmitm worker {pid} serving the master's sockets", pid=os.getpid())
         return top
-    for description in options["listen"]:
+    for description in descriptions:
         try:
             strports.service(description, factory).setServiceParent(top)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     _logStart(options, directory, ca, bundle)
     return top
@@ -280,18 +288,32 @@ def _logDescriptorLimit(options: Options, soft: int, hard: int) -> None:
         )
 
 
+def _listenDescriptions(options: Options) -> list[str]:
+    """The --listen descriptions, each with --backlog unless it names its own."""
+    descriptions = []
+    for description in options["listen"]:
+        try:
+            descriptions.append(withBacklog(description, options["backlog"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise StartupError(f"bad --listen {description!r}: {e}") from None
+    return descriptions
+
+
 def _logStart(options: Options, directory: Path, ca: CertificateAuthority, bundle: Path) -> None:
     subject = ca.certificate.subject.rfc4514_string()
     log.info(
-        "etpmitm: listen on {listen}; sign with {subject} from {directory}; "
+        "etpmitm: listen on {listen} (backlog {backlog}); sign with {subject} from {directory}; "
         "verify origins against {bundle}; policy {policy}; workers {workers}",
         listen=", ".join(options["listen"]),
+        backlog=options["backlog"],
         subject=subject,
         directory=str(directory),
         bundle=str(bundle),
         policy=options["policy"] or "(built-in: intercept all, block untrusted origins)",
         workers=options["workers"],
     )
+    if options["listen-note"]:
+        log.warn("etpmitm: {note}", note=options["listen-note"])
     for port in _listenPorts(options["listen"]):
         log.info(
             "Send traffic here with: iptables -t nat -A PREROUTING -i <lan-if> -p tcp --dport 443 "
@@ -324,9 +346,10 @@ def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
         log.info("{learned} (learned by another worker)", learned=applied.describe())
 
 
-def _master(options: Options, directory: Path, ca: CertificateAuthority, bundle: Path) -> IService:
+def _master(options: Options, descriptions: list[str], directory: Path, ca: CertificateAuthority,
+            bundle: Path) -> IService:
     """The master of ``--workers N``: binds the sockets, runs the workers."""
-    top = MasterService(options["listen"], options["workers"], _workerOptions(options, directory))
+    top = MasterService(descriptions, options["workers"], _workerOptions(options, directory))
     _logStart(options, directory, ca, bundle)
     return top
 
@@ -368,7 +391,8 @@ class MasterService(MultiService):
                 raise StartupError(f"bad --listen {description!r}: {e}") from None
         # Worker i gets socket i of every group.
         sockets = [[group[i] for group in groups] for i in range(self._workers)]
-        self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, self._workerOptions)
+        backlogs = [tcpAddress(description).backlog for description in self._descriptions]
+        self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, backlogs, self._workerOptions)
         self.pool.setServiceParent(self)
         super().privilegedStartService()
 

@@ -5,15 +5,21 @@ by twistd becomes a master: it binds N sockets per listening address in one
 ``SO_REUSEPORT`` group (so a port in use still ends start-up with one line),
 never accepts on them, and runs N workers.  Each worker is a ``twistd
 etpmitm`` that adopts its own socket of each group; the kernel spreads new
-connections over the group by their addresses.  While a worker restarts,
-the master keeps its sockets open, so the connections the kernel gives them
-wait in their queue instead of being refused.
+connections over the group by their addresses.  While a worker is down,
+the master takes its sockets out of their groups (they stay bound), so new
+connections go to the live workers instead of waiting for it; the worker
+that replaces it puts them back when it starts accepting.
 
 The master:
 
 - restarts a worker that exits, after a delay that grows while workers keep
   dying young;
-- passes SIGHUP (policy reload) on to every worker;
+- passes SIGHUP (policy reload) on to every worker.  A worker starts with
+  SIGHUP blocked and unblocks it once its handler is installed, so a reload
+  right after a (re)start is held, not fatal;
+- logs what its workers log (their events arrive as JSON lines on their
+  standard output), so ``--logfile``, ``--syslog`` and daemon mode apply to
+  workers too;
 - on shutdown sends them SIGTERM and waits for them (SIGKILL after
   ``STOP_GRACE`` seconds).
 
@@ -30,7 +36,8 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 from twisted.application.service import Service
 from twisted.internet import abstract, fdesc
@@ -38,8 +45,10 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
+
+from etpmitm.sharedports import stopListening
 
 log = Logger()
 
@@ -47,41 +56,65 @@ STOP_GRACE = 10.0
 """Seconds a stopping worker gets before it is killed."""
 FIRST_LISTEN_FD = 4
 """Workers find the listening sockets from this descriptor on (0: the
-master's pipe, 1-2: the master's output, 3: the pipe to the master)."""
+master's pipe, 1: log events to the master, 2: stderr to the master,
+3: messages to the master)."""
 TO_MASTER_FD = 3
 YOUNG = 10.0
 """A worker that exits sooner than this after its start counts as dying young."""
 MAX_RESTART_DELAY = 30.0
 
 
-def workerCommand(options: Sequence[str], listenFDs: int) -> list[str]:
+def workerCommand(options: Sequence[str], backlogs: Sequence[int]) -> list[str]:
     """The command line of one worker: the master's options and the inherited sockets."""
-    inherited = [f"--worker-listen={FIRST_LISTEN_FD + i}" for i in range(listenFDs)]
+    inherited = [f"--worker-listen={FIRST_LISTEN_FD + i}:{backlog}" for i, backlog in enumerate(backlogs)]
     return [sys.executable, "-m", "etpmitm.worker", *options, *inherited]
 
 
-class _Messages:
-    """JSON lines between master and worker."""
+@contextmanager
+def _hangupBlocked() -> Iterator[None]:
+    """SIGHUP blocked in this thread.  A child started meanwhile inherits the
+    mask (fork and posix_spawn both keep it across exec), so a SIGHUP waits
+    until the child unblocks it; one sent to the master meanwhile waits too."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _Lines:
+    """Lines from a pipe; an overlong one is dropped."""
 
     MAX_LENGTH = 65536
 
-    def __init__(self, handle: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, handle: Callable[[bytes], None]) -> None:
         self._handle = handle
         self._buffer = b""
 
     def dataReceived(self, data: bytes) -> None:
         *lines, self._buffer = (self._buffer + data).split(b"\n")
         if len(self._buffer) > self.MAX_LENGTH:
-            log.warn("dropped an overlong message between master and worker")
+            log.warn("dropped an overlong line from another process")
             self._buffer = b""
         for line in lines:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                log.warn("ignored a malformed message between master and worker: {line!r}", line=line[:200])
-                continue
-            if isinstance(message, dict):
-                self._handle(message)
+            self._handle(line)
+
+
+class _Messages(_Lines):
+    """JSON lines between master and worker."""
+
+    def __init__(self, handle: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__(self._line)
+        self._handleMessage = handle
+
+    def _line(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.warn("ignored a malformed message between master and worker: {line!r}", line=line[:200])
+            return
+        if isinstance(message, dict):
+            self._handleMessage(message)
 
 
 class _Worker(ProcessProtocol):
@@ -92,10 +125,16 @@ class _Worker(ProcessProtocol):
         self.pid = 0
         self.ended: Deferred[None] = Deferred()
         self.messages = _Messages(lambda message: pool.fromWorker(self, message))
+        self.logs = _Lines(lambda line: pool.workerLogged(self, line))
+        self.stderr = _Lines(lambda line: pool.workerWrote(self, line))
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == TO_MASTER_FD:
             self.messages.dataReceived(data)
+        elif childFD == 1:
+            self.logs.dataReceived(data)
+        elif childFD == 2:
+            self.stderr.dataReceived(data)
 
     def send(self, message: dict[str, Any]) -> None:
         if self.transport is not None:
@@ -113,11 +152,16 @@ class WorkerPool(Service):
         self,
         reactor: IReactorProcess,
         sockets: Sequence[Sequence[socket.socket]],
+        backlogs: Sequence[int],
         options: Sequence[str],
+        observer: ILogObserver = globalLogPublisher,
     ) -> None:
+        """Worker *i* gets ``sockets[i]``; ``backlogs`` holds one per socket of a worker."""
         self._reactor = reactor
         self._sockets = sockets
+        self._backlogs = backlogs
         self._options = options
+        self._observer = observer
         self._workers: dict[int, _Worker] = {}
         self._restarts: dict[int, IDelayedCall] = {}
         self._delay = 1.0
@@ -128,19 +172,20 @@ class WorkerPool(Service):
 
     def startService(self) -> None:
         super().startService()
+        signal.signal(signal.SIGHUP, self._onHangup)
         for slot in range(len(self._sockets)):
             self._spawn(slot)
-        signal.signal(signal.SIGHUP, self._onHangup)
 
     def _spawn(self, slot: int) -> None:
         self._restarts.pop(slot, None)
         worker = _Worker(self, slot)
-        childFDs: dict[int, int | str] = {0: "w", 1: 1, 2: 2, TO_MASTER_FD: "r"}
+        childFDs: dict[int, int | str] = {0: "w", 1: "r", 2: "r", TO_MASTER_FD: "r"}
         for i, skt in enumerate(self._sockets[slot]):
             childFDs[FIRST_LISTEN_FD + i] = skt.fileno()
-        argv = workerCommand(self._options, len(self._sockets[slot]))
+        argv = workerCommand(self._options, self._backlogs)
         worker.started = self._clock().seconds()
-        self._reactor.spawnProcess(worker, argv[0], argv, env=os.environ.copy(), childFDs=childFDs)
+        with _hangupBlocked():
+            self._reactor.spawnProcess(worker, argv[0], argv, env=os.environ.copy(), childFDs=childFDs)
         self._workers[slot] = worker
         worker.pid = worker.transport.pid  # type: ignore[union-attr]
         log.info("worker {slot} started, pid {pid}", slot=slot, pid=worker.pid)
@@ -160,11 +205,30 @@ class WorkerPool(Service):
             if worker is not sender:
                 worker.send(message)
 
+    def workerLogged(self, worker: _Worker, line: bytes) -> None:
+        """A worker's log event (one JSON line): log it here, as it was."""
+        try:
+            event = eventFromJSON(line.decode())
+        except ValueError:
+            event = None
+        if isinstance(event, dict) and "log_namespace" in event:
+            self._observer(event)
+        elif line.strip():
+            self.workerWrote(worker, line)
+
+    def workerWrote(self, worker: _Worker, line: bytes) -> None:
+        """A line a worker wrote outside its log (before logging began, or a crash)."""
+        if line.strip():
+            log.warn("worker {slot} (pid {pid}): {line}", slot=worker.slot, pid=worker.pid,
+                     line=line.decode(errors="replace").rstrip())
+
     def ended(self, worker: _Worker, reason: Failure) -> None:
         if self._workers.get(worker.slot) is worker:
             del self._workers[worker.slot]
         if self._stopping:
             return
+        for skt in self._sockets[worker.slot]:
+            stopListening(skt)  # its connections go to the live workers
         how = "exited" if isinstance(reason.value, ProcessDone) else reason.getErrorMessage().rstrip(".")
         lived = self._clock().seconds() - worker.started
         if lived >= YOUNG:

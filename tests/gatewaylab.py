@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from tests import pki
-from tests.lab import REPO, Lab, start_origin
+from tests.lab import REPO, Lab, Namespace, start_origin
 
 TWISTD = Path(sys.executable).parent / "twistd"
 TLS_CLIENT = Path(__file__).resolve().parent / "tls_client.py"
+BURST = Path(__file__).resolve().parent / "burst.py"
 GATEWAY_PORT = 8443
 
 
@@ -54,7 +55,9 @@ class GatewayLab:
         """The gateway's root, which lab clients trust."""
         return self.ca_dir / "root.pem"
 
-    def start_gateway(self, *extra: str) -> subprocess.Popen[bytes]:
+    def start_gateway(self, *extra: str, listen: bool = True) -> subprocess.Popen[bytes]:
+        """Start the gateway on GATEWAY_PORT; with ``listen=False`` no --listen
+        is passed, and it listens where its defaults say."""
         subprocess.run(
             [Path(sys.executable).parent / "etpmitm", "ca", "init", "--dir", self.ca_dir],
             check=True, capture_output=True, env={**os.environ, **gateway_env()},
@@ -63,7 +66,7 @@ class GatewayLab:
             TWISTD, "-n", "--pidfile=", "etpmitm",
             "--ca-dir", self.ca_dir,
             "--upstream-trust", self.trust,
-            "--listen", f"tcp6:{GATEWAY_PORT}:interface=\\:\\:",
+            *(["--listen", f"tcp6:{GATEWAY_PORT}:interface=\\:\\:"] if listen else []),
             *extra,
         ]
         self.gateway = self.lab.gateway.popen(argv, env=gateway_env(), cwd=self.lab.workdir)
@@ -153,6 +156,39 @@ class GatewayLab:
 
     def close(self) -> None:
         self.lab.close()
+
+
+def unit_arguments(ca_dir: Path) -> list[str]:
+    """The gateway's arguments in deploy/etpmitm.service's ExecStart (those after
+    ``etpmitm``), with the lab's CA directory for the unit's."""
+    unit = (REPO / "deploy" / "etpmitm.service").read_text()
+    [line] = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    words = shlex.split(line.partition("=")[2])
+    args = words[words.index("etpmitm") + 1:]
+    at = args.index("--ca-dir")
+    args[at + 1] = str(ca_dir)
+    return args
+
+
+def listen_backlogs(namespace: Namespace, port: int) -> list[int]:
+    """The backlog of each socket listening on ``port`` (ss shows it as Send-Q)."""
+    out = namespace.run(["ss", "-H", "-l", "-t", "-n", f"sport = :{port}"]).stdout
+    return [int(line.split()[2]) for line in out.splitlines()]
+
+
+def listen_overflows(namespace: Namespace) -> int:
+    """TcpExtListenOverflows in ``namespace``: connections its accept queues had no room for."""
+    out = namespace.run(["nstat", "-saz", "TcpExtListenOverflows"]).stdout
+    [count] = [int(line.split()[1]) for line in out.splitlines() if line.startswith("TcpExtListenOverflows")]
+    return count
+
+
+def burst(namespace: Namespace, host: str, port: int, count: int, timeout: float = 10) -> dict[str, Any]:
+    """``count`` TCP connects at once from ``namespace`` (tests/burst.py)."""
+    done = namespace.run([sys.executable, BURST, host, str(port), str(count), "--timeout", str(timeout)],
+                         timeout=timeout + 60)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def quoted(*parts: object) -> str:

@@ -97,6 +97,23 @@ class StartupTests(TestCase):
         directory = self.ca()
         self.assertOneLineError(self.twistd("--ca-dir", str(directory), "--listen", "bogus:1"), "bad --listen 'bogus:1'")
 
+    def test_portOutOfRange(self) -> None:
+        """One line, not a traceback, with or without workers."""
+        directory = self.ca()
+        for workers in ("1", "2"):
+            done = self.twistd("--ca-dir", str(directory), "--workers", workers, "--listen", "tcp:70000")
+            self.assertOneLineError(done, "bad --listen 'tcp:70000': port 70000 is not in 0-65535")
+
+    def test_badBacklog(self) -> None:
+        done = self.twistd("--backlog", "0")
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("--backlog must be at least 1", done.stderr + done.stdout)
+
+    def test_badWorkerListen(self) -> None:
+        done = self.twistd("--worker-listen", "4")
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("FD:BACKLOG", done.stderr + done.stdout)
+
     def test_portInUse(self) -> None:
         directory = self.ca()
         with socket.socket() as taken:
@@ -276,5 +293,55 @@ class LimitOptionsTests(SynchronousTestCase):
             _logDescriptorLimit(self.parse("--max-connections=10000"), 65536, 65536)
         self.assertEqual([formatEvent(event) for event in events], ["file descriptor limit 65536 (hard 65536)"])
         with capturedLogs() as events:
-            _logDescriptorLimit(self.parse("--worker-listen=4"), 1024, 4096)
+            _logDescriptorLimit(self.parse("--worker-listen=4:4096"), 1024, 4096)
         self.assertEqual(list(events), [])  # the master logged it
+
+
+class WorkerLogTests(TestCase):
+    """Workers log where the master logs: --logfile, and daemon mode."""
+
+    def setUp(self) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="etpmitm-workerlog-"))
+        self.addCleanup(subprocess.run, ["rm", "-rf", str(self.work)])
+        self.env = {**os.environ, "PYTHONPATH": str(REPO)}
+        subprocess.run([str(ETPMITM), "ca", "init", "--dir", str(self.work / "ca")],
+                       env=self.env, check=True, capture_output=True, timeout=60)
+        self.logfile = self.work / "gateway.log"
+        self.argv = [f"--logfile={self.logfile}", "etpmitm", "--ca-dir", str(self.work / "ca"),
+                     "--workers", "2", "--listen", "tcp:0:interface=127.0.0.1"]
+
+    def waitForWorkers(self, proc: subprocess.Popen[str] | None = None) -> list[str]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (proc is None or proc.poll() is None):
+            text = self.logfile.read_text() if self.logfile.exists() else ""
+            serving = [line for line in text.splitlines() if "serving the master's sockets" in line]
+            if len(serving) == 2:
+                return serving
+            time.sleep(0.1)
+        self.fail(self.logfile.read_text() if self.logfile.exists() else "no log file")
+
+    def test_logfileInTheForeground(self) -> None:
+        proc = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", *self.argv], cwd=self.work, env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.addCleanup(proc.wait, 30)
+        self.addCleanup(proc.terminate)
+        self.waitForWorkers(proc)
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+        self.assertEqual(out, "")
+        self.assertIn("Server Shut Down.", self.logfile.read_text())
+
+    def test_daemon(self) -> None:
+        pidfile = self.work / "twistd.pid"
+        done = subprocess.run([str(TWISTD), f"--pidfile={pidfile}", *self.argv], cwd=self.work, env=self.env,
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "", ""))
+        master = int(pidfile.read_text())
+        self.addCleanup(self.stop, master)
+        self.waitForWorkers()
+
+    def stop(self, pid: int) -> None:
+        os.kill(pid, 15)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)

@@ -1,13 +1,37 @@
-"""bindShared: one SO_REUSEPORT group per listen description."""
+"""bindShared: one SO_REUSEPORT group per listen description; backlogs;
+taking a socket out of its group and back."""
 
 from __future__ import annotations
 
+import errno
+import shutil
 import socket
+import subprocess
+from typing import Any
 
 from twisted.internet.error import CannotListenError
 from twisted.trial.unittest import SynchronousTestCase
 
-from etpmitm.sharedports import bindShared
+from etpmitm.sharedports import AdoptedPorts, bindShared, stopListening, withBacklog
+
+
+def listenBacklog(port: int) -> list[int]:
+    """The backlog of each socket listening on 127.0.0.1:port, as ss shows it (Send-Q)."""
+    out = subprocess.run(["ss", "-H", "-l", "-t", "-n", f"sport = :{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    return [int(line.split()[2]) for line in out.splitlines()]
+
+
+def accepted(skt: socket.socket) -> int:
+    """How many connections wait in skt's queue (accepts and closes them)."""
+    skt.setblocking(False)
+    count = 0
+    while True:
+        try:
+            skt.accept()[0].close()
+        except BlockingIOError:
+            return count
+        count += 1
 
 
 class BindSharedTests(SynchronousTestCase):
@@ -61,3 +85,103 @@ class BindSharedTests(SynchronousTestCase):
     def test_onlyTCP(self) -> None:
         with self.assertRaises(ValueError):
             bindShared("unix:/tmp/nowhere.sock", 2)
+
+
+class BacklogTests(SynchronousTestCase):
+    def test_addedUnlessNamed(self) -> None:
+        self.assertEqual(withBacklog("tcp:8443", 4096), "tcp:8443:backlog=4096")
+        self.assertEqual(withBacklog("tcp6:8443:interface=\\:\\:", 7), "tcp6:8443:interface=\\:\\::backlog=7")
+        self.assertEqual(withBacklog("tcp:8443:backlog=10", 4096), "tcp:8443:backlog=10")
+        self.assertEqual(withBacklog("unix:/run/x.sock", 5), "unix:/run/x.sock:backlog=5")
+
+    def test_otherKindsUnchanged(self) -> None:
+        self.assertEqual(withBacklog("systemd:domain=INET:index=0", 4096), "systemd:domain=INET:index=0")
+
+    def test_badDescriptions(self) -> None:
+        for description in ("tcp:70000", "tcp6:-1", "tcp:port=x", "tcp:8443:nokey=1"):
+            with self.assertRaises((ValueError, KeyError, TypeError), msg=description):
+                withBacklog(description, 4096)
+        with self.assertRaises(ValueError) as caught:
+            withBacklog("tcp:70000", 4096)
+        self.assertEqual(str(caught.exception), "port 70000 is not in 0-65535")
+
+    def test_groupListensWithTheBacklog(self) -> None:
+        if shutil.which("ss") is None:
+            raise self.skipTest("needs ss (iproute2)")
+        sockets = bindShared(withBacklog("tcp:0:interface=127.0.0.1", 1234), 2)
+        for skt in sockets:
+            self.addCleanup(skt.close)
+        self.assertEqual(listenBacklog(sockets[0].getsockname()[1]), [1234, 1234])
+
+
+class StopListeningTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.sockets = bindShared("tcp:0:interface=127.0.0.1:backlog=64", 2)
+        for skt in self.sockets:
+            self.addCleanup(skt.close)
+        self.address = self.sockets[0].getsockname()
+
+    def connect(self, count: int) -> None:
+        for _ in range(count):
+            client = socket.create_connection(self.address, timeout=5)
+            self.addCleanup(client.close)
+
+    def test_connectionsGoToTheOthers(self) -> None:
+        stopListening(self.sockets[0])
+        self.connect(20)
+        self.assertEqual(self.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 0)
+        self.assertEqual(accepted(self.sockets[1]), 20)
+
+    def test_refusedWhenNoneListens(self) -> None:
+        for skt in self.sockets:
+            stopListening(skt)
+            stopListening(skt)  # twice: no error
+        with self.assertRaises(ConnectionRefusedError):
+            self.connect(1)
+
+    def test_listenAgainRejoins(self) -> None:
+        for skt in self.sockets:
+            stopListening(skt)
+        self.sockets[0].listen(64)
+        self.assertEqual(self.sockets[0].getsockname(), self.address)
+        self.connect(3)
+        self.assertEqual(accepted(self.sockets[0]), 3)
+
+    def test_queuedConnectionsAreReset(self) -> None:
+        """Not left hanging: reset (or moved, with net.ipv4.tcp_migrate_req)."""
+        stopListening(self.sockets[1])
+        client = socket.create_connection(self.address, timeout=5)
+        self.addCleanup(client.close)
+        stopListening(self.sockets[0])
+        with self.assertRaises(ConnectionResetError):
+            client.recv(1)
+
+
+class FakeReactor:
+    def __init__(self) -> None:
+        self.adopted: list[tuple[int, socket.AddressFamily, bool]] = []
+
+    def adoptStreamPort(self, fd: int, family: socket.AddressFamily, factory: Any) -> object:
+        probe = socket.socket(fileno=fd)
+        try:
+            self.adopted.append((fd, family, bool(probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))))
+        finally:
+            probe.detach()
+        return object()
+
+
+class AdoptedPortsTests(SynchronousTestCase):
+    def test_listensAgainThenAdopts(self) -> None:
+        """The worker puts the socket back in its group, with its backlog, before accepting."""
+        [skt] = bindShared("tcp:0:interface=127.0.0.1", 1)
+        self.addCleanup(skt.close)
+        stopListening(skt)
+        fd = skt.dup().detach()
+        reactor = FakeReactor()
+        AdoptedPorts(reactor, [(fd, 321)], None).startService()  # type: ignore[arg-type]
+        self.assertEqual(reactor.adopted, [(fd, socket.AF_INET, True)])
+        with self.assertRaises(OSError) as caught:
+            socket.socket(fileno=fd)
+        self.assertEqual(caught.exception.errno, errno.EBADF)  # closed: the port holds its own
+        if shutil.which("ss") is not None:
+            self.assertEqual(listenBacklog(skt.getsockname()[1]), [321])

@@ -9,9 +9,12 @@ from typing import Any
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, Logger, eventAsJSON, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from etpmitm import workers
+from etpmitm.sharedports import bindShared
 from etpmitm.workers import FIRST_LISTEN_FD, STOP_GRACE, WorkerPool, _Messages, workerCommand
 
 
@@ -41,9 +44,9 @@ class MessagesTests(SynchronousTestCase):
 
 class CommandTests(SynchronousTestCase):
     def test_workerCommand(self) -> None:
-        argv = workerCommand(["--ca-dir=/ca", "--policy=/p.toml"], 2)
+        argv = workerCommand(["--ca-dir=/ca", "--policy=/p.toml"], [4096, 100])
         self.assertEqual(argv, [sys.executable, "-m", "etpmitm.worker", "--ca-dir=/ca", "--policy=/p.toml",
-                                f"--worker-listen={FIRST_LISTEN_FD}", f"--worker-listen={FIRST_LISTEN_FD + 1}"])
+                                f"--worker-listen={FIRST_LISTEN_FD}:4096", f"--worker-listen={FIRST_LISTEN_FD + 1}:100"])
 
 
 class FakeProcess:
@@ -63,25 +66,31 @@ class FakeReactor(Clock):
     def __init__(self) -> None:
         super().__init__()
         self.spawned: list[tuple[object, list[str], dict[int, object]]] = []
+        self.masks: list[set[signal.Signals]] = []
 
     def spawnProcess(self, protocol: Any, executable: str, args: list[str], env: object = None,
                      childFDs: dict[int, object] | None = None, **kwargs: object) -> FakeProcess:
         process = FakeProcess(1000 + len(self.spawned))
         protocol.makeConnection(process)
         self.spawned.append((protocol, args, childFDs or {}))
+        self.masks.append(signal.pthread_sigmask(signal.SIG_BLOCK, []))
         return process
 
 
 class PoolTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = FakeReactor()
-        self.sockets = [[socket.socket()], [socket.socket()]]
-        for group in self.sockets:
-            for skt in group:
-                self.addCleanup(skt.close)
-        self.pool = WorkerPool(self.reactor, self.sockets, ["--ca-dir=/ca"])  # type: ignore[arg-type]
+        group = bindShared("tcp:0:interface=127.0.0.1", 2)
+        for skt in group:
+            self.addCleanup(skt.close)
+        self.sockets = [[group[0]], [group[1]]]
+        self.events: list[dict[str, Any]] = []
+        self.pool = WorkerPool(self.reactor, self.sockets, [4096], ["--ca-dir=/ca"],  # type: ignore[arg-type]
+                               observer=self.events.append)
         self.patch(signal, "signal", lambda *args: None)
+        self.patch(workers, "log", Logger(observer=self.events.append))
         self.pool.startService()
+        self.events.clear()  # "worker N started"
 
     def worker(self, slot: int) -> Any:
         return self.pool._workers[slot]
@@ -90,8 +99,45 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(len(self.reactor.spawned), 2)
         for slot, (_, args, fds) in enumerate(self.reactor.spawned):
             self.assertEqual(fds[FIRST_LISTEN_FD], self.sockets[slot][0].fileno())
-            self.assertEqual((fds[0], fds[1], fds[2], fds[3]), ("w", 1, 2, "r"))
-            self.assertEqual(args[-1], f"--worker-listen={FIRST_LISTEN_FD}")
+            self.assertEqual((fds[0], fds[1], fds[2], fds[3]), ("w", "r", "r", "r"))
+            self.assertEqual(args[-1], f"--worker-listen={FIRST_LISTEN_FD}:4096")
+
+    def test_workersStartWithHangupBlocked(self) -> None:
+        """A worker inherits a mask that holds SIGHUP until it unblocks it; the
+        master's own mask is back as it was."""
+        self.assertEqual([signal.SIGHUP in mask for mask in self.reactor.masks], [True, True])
+        self.assertNotIn(signal.SIGHUP, signal.pthread_sigmask(signal.SIG_BLOCK, []))
+        self.worker(0).processEnded(Failure(ProcessTerminated(signal=9)))
+        self.reactor.advance(1)
+        self.assertEqual(len(self.reactor.masks), 3)
+        self.assertIn(signal.SIGHUP, self.reactor.masks[-1])
+        self.assertNotIn(signal.SIGHUP, signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    def test_deadWorkersSocketsStopListening(self) -> None:
+        """While a worker is down its sockets leave their group (the replacement
+        listens on them again itself); the others keep listening."""
+        self.worker(0).processEnded(Failure(ProcessTerminated(signal=9)))
+        accepting = [skt.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) for [skt] in self.sockets]
+        self.assertEqual(accepting, [0, 1])
+        self.reactor.advance(1)
+        self.assertEqual(self.reactor.spawned[-1][2][FIRST_LISTEN_FD], self.sockets[0][0].fileno())
+
+    def test_workerLogEventsReachTheMastersObserver(self) -> None:
+        event = {"log_namespace": "etpmitm.audit", "log_level": LogLevel.info, "log_time": 1.5,
+                 "log_format": "a -> {dest} pid={pid}", "dest": "b", "pid": 7}
+        line = eventAsJSON(event).encode() + b"\n"
+        self.worker(0).childDataReceived(1, line[:10])
+        self.worker(0).childDataReceived(1, line[10:])
+        [got] = self.events
+        self.assertEqual((got["log_namespace"], got["log_level"], got["log_time"]), ("etpmitm.audit", LogLevel.info, 1.5))
+        self.assertEqual(formatEvent(got), "a -> b pid=7")
+
+    def test_workerOutputOutsideItsLogIsLogged(self) -> None:
+        self.worker(1).childDataReceived(2, b"etpmitm: error: no\n")
+        self.worker(1).childDataReceived(1, b"stray print\n\n")
+        self.assertEqual([formatEvent(e) for e in self.events],
+                         ["worker 1 (pid 1001): etpmitm: error: no", "worker 1 (pid 1001): stray print"])
+        self.assertEqual({e["log_level"] for e in self.events}, {LogLevel.warn})
 
     def test_restartBacksOffWhileWorkersDieYoung(self) -> None:
         delays = []

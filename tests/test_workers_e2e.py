@@ -3,6 +3,8 @@
 A master that binds the sockets and two workers that serve them: traffic
 spreads over both, a bypass one worker learns reaches the other, SIGHUP
 reaches both, a killed worker is replaced, and workers end with the master.
+A SIGHUP storm while a worker starts kills nothing; while a worker is down,
+new connections go to the other one instead of hanging.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -141,6 +144,83 @@ class WorkersEndToEndTests(TestCase):
         self.assertEqual(self.fetch(10), ["origin ok"] * 10)
 
 
+class CrashLoop:
+    """Kills every worker of ``master`` but ``survivor`` as soon as it appears."""
+
+    def __init__(self, master: int, survivor: int) -> None:
+        self.master, self.survivor = master, survivor
+        self.kills: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in live_children(self.master):
+                if pid != self.survivor:
+                    os.kill(pid, signal.SIGKILL)
+                    self.kills.append(pid)
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class SupervisionTests(TestCase):
+    """Restarts: SIGHUP while a worker starts, and connections while one is down."""
+
+    skip = lab_unavailable()
+
+    def setUp(self) -> None:
+        self.env = shared_lab(__name__, build_lab)
+        assert self.env.gateway is not None
+        self.master = self.env.gateway.pid
+        self.addCleanup(self.waitForTwoWorkers)
+        self.waitForTwoWorkers()
+
+    def waitForTwoWorkers(self) -> None:
+        ok = wait_until(lambda: len(live_children(self.master)) == 2, timeout=90)
+        self.assertTrue(ok, self.env.log()[-3000:])
+
+    def test_hangupStormWhileAWorkerStarts(self) -> None:
+        """SIGHUPs to the master every 10 ms from before a restart until the new
+        worker serves: none kills it, and only the one death we caused restarts."""
+        first, second = live_children(self.master)
+        restarts = self.env.log().count("restarting it in")
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            new = [pid for pid in live_children(self.master) if pid not in (first, second)]
+            if new and f"etpmitm worker {new[0]} serving" in self.env.log():
+                break
+            os.kill(self.master, signal.SIGHUP)
+            time.sleep(0.01)
+        for _ in range(20):  # and a few more once it serves
+            os.kill(self.master, signal.SIGHUP)
+            time.sleep(0.01)
+        self.assertNotIn("ended by signal 1", self.env.log())
+        self.assertEqual(self.env.log().count("restarting it in"), restarts + 1, self.env.log()[-3000:])
+        self.assertEqual(len(live_children(self.master)), 2)
+
+    def test_noConnectionHangsWhileAWorkerCrashLoops(self) -> None:
+        """Every worker that replaces the victim is killed at once: the survivor
+        serves every new connection meanwhile, none waits in the dead one's queue."""
+        survivor, _ = live_children(self.master)
+        before = len(AUDIT_PID.findall(self.env.log()))
+        loop = CrashLoop(self.master, survivor)
+        try:
+            curl = quoted("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}\\n", "--max-time", "20",
+                          "--cacert", self.env.root, "--resolve", f"origin.test:443:{ORIGIN}", "https://origin.test/")
+            done = self.env.shell(f"for i in $(seq 30); do {curl}; done", timeout=900)
+        finally:
+            loop.stop()
+        self.assertEqual((done.stdout.split(), done.stderr), (["200"] * 30, ""))
+        self.assertGreater(len(loop.kills), 0)
+        served = AUDIT_PID.findall(self.env.log())[before:]
+        self.assertEqual({int(pid) for _, _, pid in served}, {survivor})
+
+
 class MasterLifetimeTests(TestCase):
     """A second gateway in the lab's gateway namespace, on a port nothing redirects to."""
 
@@ -166,8 +246,9 @@ class MasterLifetimeTests(TestCase):
         self.assertEqual([p for p in workers if alive(p)], [])
 
     def test_workersEndWhenTheMasterDies(self) -> None:
+        """(Their last log line, "the master process is gone", has nowhere to go:
+        workers log through the master.)"""
         proc, workers = self.start(9444)
         proc.kill()
         proc.wait(10)
         self.assertTrue(wait_until(lambda: not any(alive(p) for p in workers)), self.env.lab.log(proc))
-        self.assertEqual(self.env.lab.log(proc).count("the master process is gone; this worker stops"), 2)
