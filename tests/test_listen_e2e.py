@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from twisted.trial.unittest import TestCase
@@ -99,10 +100,13 @@ class ListenTests(TestCase):
         before = listen_overflows(self.env.lab.gateway)
         result = burst(self.env.lab.client, ORIGIN, GOOD, 2000)
         self.assertEqual((result["connected"], listen_overflows(self.env.lab.gateway) - before), (2000, 0), result)
+        # The burst spent this client's admission bucket (--max-client-rate, default 200/s in
+        # bursts of 400 per worker): the next connection waits until it has refilled.
+        time.sleep(2.5)
         self.assertEqual(self.fetch(ORIGIN), "origin ok")
 
     def test_withoutWorkers(self) -> None:
-        self.second(SINGLE_PORT)
+        self.second(SINGLE_PORT, "--max-client-rate=0")  # the accept queue alone, not admission
         self.assertEqual(listen_backlogs(self.env.lab.gateway, SINGLE_PORT), [4096])
         before = listen_overflows(self.env.lab.gateway)
         result = burst(self.env.lab.client, ORIGIN, SINGLE, 2000)
