@@ -27,7 +27,7 @@ Outcome = Literal["ok", "refused", "error"]
 _FORMAT = (
     "{client} -> {destination} sni={sni} action={action} outcome={outcome} "
     "reason={reason!r} policy={policy!r} alpn={alpn} up={bytes_up} down={bytes_down} "
-    "duration={duration:.3f}s pid={pid}"
+    "duration={duration_text}s pid={pid}"
 )
 
 
@@ -97,6 +97,9 @@ class ConnectionRecord:
         self.duration = max(0.0, now - self.started)
         fields = self.fields()
         fields["sni"], fields["alpn"] = token(self.sni), token(self.alpn)
+        # Formatted here: a format spec does not survive a worker's event
+        # passing to the master as JSON (Twisted flattens it unformatted).
+        fields["duration_text"] = f"{self.duration:.3f}"
         if self.outcome == "ok":
             log.info(_FORMAT, **fields)
         else:

@@ -35,6 +35,9 @@ class ILayerLink(Interface):
     def fail(reason: str) -> None:
         """Record why this connection is an error (first reason wins), without closing it."""
 
+    def note(text: str) -> None:
+        """Record a remark for the audit reason when nothing failed (first one wins)."""
+
     def close(reason: str) -> None:
         """End both directions politely now; ``reason`` is audited."""
 

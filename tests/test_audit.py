@@ -74,3 +74,20 @@ class NegotiatedALPNTests(CoreTestCase):
         text = formatEvent(self.audit())
         self.assertEqual(len(text.splitlines()), 1, text)
         self.assertIn("alpn=x\\x0a10.9.9.9:1\\x20->", text)
+
+
+class ThroughJSONTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_aWorkersLineReadsTheSameAtTheMaster(self) -> None:
+        """Workers send their events to the master as JSON; the line must not change on the way."""
+        from twisted.logger import eventAsJSON, eventFromJSON
+
+        record = ConnectionRecord(client="10.0.0.2:5", destination="192.0.2.1:443", started=0.0)
+        record.emit(0.0123456)
+        [event] = [e for e in self.events if e.get("log_namespace") == "etpmitm.audit"]
+        self.assertIn("duration=0.012s", formatEvent(event))
+        self.assertEqual(formatEvent(eventFromJSON(eventAsJSON(event))), formatEvent(event))

@@ -369,3 +369,19 @@ class OwnAddressTests(CoreTestCase):
         self.connectDevice()
         self.assertEqual(self.reactor.tcpClients, [])
         self.assertDone("refuse", "error", "addressed to the gateway itself (192.0.2.1:22)")
+
+
+class OriginEndsAfterTheDeviceTests(CoreTestCase):
+    def test_bareFinAfterTheDeviceClosedIsNoError(self) -> None:
+        """Many servers close without answering the device's close_notify: noted, not a truncation."""
+        device = self.connectDevice()
+        origin = self.acceptTLS()
+        device.tls.write(b"GET / HTTP/1.1\r\n\r\n")
+        self.net.flush()
+        origin.tls.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        device.tls.loseWriteConnection()  # the device is done: close_notify and FIN
+        self.net.flush()
+        origin.tcp.loseConnection()  # and the origin just closes
+        self.net.flush()
+        self.assertEqual((device.readEnded, device.cleanEnd), (True, False))  # still mirrored as it came
+        self.assertDone("intercept", "ok", "the origin closed without close_notify after the device had ended")

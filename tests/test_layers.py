@@ -171,8 +171,8 @@ class PipeTests(SynchronousTestCase):
         self.device.connectionLost(Failure(ConnectionLost("reset")))
         self.assertTrue(self.transport(self.origin).aborted)
         self.assertIsNone(self.pipe.error)
-        self.assertIn("device connection lost", self.pipe.note or "")
-        self.assertIn("after its direction ended", self.pipe.note or "")
+        self.assertIn("device connection lost", self.pipe.remark or "")
+        self.assertIn("after its direction ended", self.pipe.remark or "")
 
     def test_resetBeforeItsDirectionEndedIsAnError(self) -> None:
         self.start()
@@ -180,7 +180,7 @@ class PipeTests(SynchronousTestCase):
         self.origin.dataReceived(b"half a response")
         self.device.connectionLost(Failure(ConnectionLost("reset")))  # ...and reset mid-response
         self.assertIn("device connection lost", self.pipe.error or "")
-        self.assertIsNone(self.pipe.note)
+        self.assertIsNone(self.pipe.remark)
 
     def test_cleanCloseClosesTheOther(self) -> None:
         self.start()

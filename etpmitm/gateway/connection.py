@@ -580,8 +580,8 @@ class Connection:
             record.bytes_up, record.bytes_down = pipe.device.received, pipe.origin.received
             if pipe.error is not None:
                 record.fail(pipe.error)
-            elif pipe.note is not None and not record.reason:
-                record.reason = pipe.note
+            elif pipe.remark is not None and not record.reason:
+                record.reason = pipe.remark
         record.emit(self.settings.clock.seconds())
 
     # -- the timer -----------------------------------------------------------------------

@@ -99,7 +99,8 @@ class Pipe:
         self._clock = clock
         self.lastActivity = clock.seconds()
         self.error: str | None = None
-        self.note: str | None = None
+        self.remark: str | None = None
+        """Worth auditing, but not an error (the first one is kept)."""
         self._closing = False
         self._coupled = False
 
@@ -150,7 +151,7 @@ class Pipe:
         if side.writeEnded:
             # Everything bound for it was sent and ended: a client that
             # closes with our close_notify unread resets, and nothing was lost.
-            self.note = self.note or f"{lost} (after its direction ended)"
+            self.note(f"{lost} (after its direction ended)")
         else:
             self.fail(lost)
         transport.abortConnection()
@@ -197,6 +198,10 @@ class Pipe:
     def fail(self, reason: str) -> None:
         if self.error is None:
             self.error = reason
+
+    def note(self, text: str) -> None:
+        if self.remark is None:
+            self.remark = text
 
     def close(self, reason: str) -> None:
         self._owner.layerClose(reason)
@@ -247,9 +252,20 @@ def _transport(side: Side) -> Any:
 
 @implementer(ILayer)
 class OpaqueRelay:
-    """Passes every byte on unchanged, and each direction's end as it came."""
+    """Passes every byte on unchanged, and each direction's end as it came.
+
+    An origin that ends without close_notify while the device is still
+    sending truncated what the device gets: an error.  Once the device has
+    ended its own direction, many servers close without answering its
+    close_notify; that is noted, not an error.  (A device that half-closes
+    and then waits for the rest of a response sees the bare FIN itself; an
+    HTTP layer, which knows where a response ends, can tell more.)
+    """
 
     name = "opaque"
+
+    def __init__(self) -> None:
+        self._deviceEnded = False
 
     def start(self, link: ILayerLink) -> None:
         self._link = link
@@ -261,10 +277,13 @@ class OpaqueRelay:
         self._link.toDevice(data)
 
     def deviceEnded(self, clean: bool) -> None:
+        self._deviceEnded = True
         self._link.endToOrigin(clean)
 
     def originEnded(self, clean: bool) -> None:
-        if not clean:
+        if not clean and self._deviceEnded:
+            self._link.note("the origin closed without close_notify after the device had ended")
+        elif not clean:
             self._link.fail("truncated: the origin closed without close_notify")
         self._link.endToDevice(clean)
 
