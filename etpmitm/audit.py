@@ -7,6 +7,7 @@ peer can forge a line or write control characters into the log.
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ import attrs
 from twisted.logger import Logger
 
 log = Logger(namespace="etpmitm.audit")
+_ids = itertools.count(1)
 
 Action = Literal["intercept", "splice", "block", "close", "refuse"]
 """intercept: decrypted and relayed; splice: passed through as raw TCP;
@@ -27,7 +29,7 @@ Outcome = Literal["ok", "refused", "error"]
 _FORMAT = (
     "{client} -> {destination} sni={sni} action={action} outcome={outcome} "
     "reason={reason!r} policy={policy!r} alpn={alpn} up={bytes_up} down={bytes_down} "
-    "duration={duration_text}s pid={pid}"
+    "duration={duration_text}s id={id} pid={pid}"
 )
 
 
@@ -70,6 +72,8 @@ class ConnectionRecord:
     duration: float = 0.0
     pid: int = attrs.field(factory=os.getpid)
     """The process (with ``--workers``, the worker) that handled it."""
+    id: str = attrs.field(factory=lambda: f"{os.getpid():x}-{next(_ids):x}")
+    """Unique per connection on this host: the per-request events carry it."""
     _emitted: bool = False
 
     def fail(self, reason: str) -> None:

@@ -1,0 +1,94 @@
+"""What the HTTP layers share (sans-IO): a request's facts, the verdict on it, its audit event.
+
+The HTTP/1.1 and HTTP/2 layers fill a :class:`RequestHead` from each request,
+ask the policy for a :class:`RequestVerdict` before the origin sees the
+request, and log one :class:`RequestRecord` per request, joined to its
+connection's audit event by ``connection``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+from twisted.logger import Logger
+
+log = Logger(namespace="etpmitm.audit.request")
+
+RequestAction = Literal["allow", "block", "refuse"]
+"""allow: forwarded; block: answered with the block page by policy; refuse:
+answered with an error (a malformed or smuggling request), never forwarded."""
+
+
+@attrs.frozen
+class RequestHead:
+    """One request as the policy and the audit see it."""
+
+    method: str
+    authority: str
+    """Host (HTTP/1.1) or :authority (HTTP/2), lower case, without a default port."""
+    path: str
+    """The path without the query string."""
+    query_length: int = 0
+    user_agent: str | None = None
+    content_type: str | None = None
+    content_length: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.authority}{self.path}"
+
+
+@attrs.frozen
+class RequestVerdict:
+    """What the policy says of one request."""
+
+    action: Literal["allow", "block"]
+    reason: str
+    rule: str | None = None
+
+
+ALLOW = RequestVerdict("allow", "no request rule matched")
+
+
+@attrs.define
+class RequestRecord:
+    """What happened to one request; logged once when its exchange ends."""
+
+    connection: str
+    """The connection's id (its audit event's ``id``)."""
+    stream: int
+    """1, 2, 3 ... per connection for HTTP/1.1; the stream id for HTTP/2."""
+    protocol: Literal["http/1.1", "h2"]
+    head: RequestHead
+    started: float
+    action: RequestAction = "allow"
+    reason: str = ""
+    rule: str | None = None
+    status: int | None = None
+    response_content_type: str | None = None
+    bytes_up: int = 0
+    bytes_down: int = 0
+    headers_after: float | None = None
+    """Seconds from the request to the response's headers."""
+    duration: float = 0.0
+    upgrade: str | None = None
+    """The protocol switched to after a 101 (``websocket``), if any."""
+    _emitted: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        """The event's fields, JSON-ready."""
+        fields = {a.name: getattr(self, a.name) for a in attrs.fields(RequestRecord) if not a.name.startswith("_")}
+        fields["head"] = attrs.asdict(self.head)
+        return fields
+
+    def emit(self, now: float) -> None:
+        """Log the event, once."""
+        if self._emitted:
+            return
+        self._emitted = True
+        self.duration = max(0.0, now - self.started)
+        log.info(
+            "request {connection}/{stream} {method} {url} -> {status} action={action} reason={reason!r}",
+            method=self.head.method, url=self.head.url, **self.fields(),
+        )
