@@ -20,13 +20,15 @@ from etpmitm.gateway.device import DeviceTLSCreator
 
 
 class TwistedInternalsTests(SynchronousTestCase):
-    def test_privateNamesStillExist(self) -> None:
-        tls = halfCloseableTLS(DeviceTLSCreator(SSL.Context(SSL.TLS_METHOD)), False, Protocol())
-        tls.makeConnection(StringTransport())
+    def setUp(self) -> None:
+        self.tls = halfCloseableTLS(DeviceTLSCreator(SSL.Context(SSL.TLS_METHOD)), False, Protocol())
+        self.tls.makeConnection(StringTransport())
         sock = socket.socket()
         self.addCleanup(sock.close)
-        tcp = Connection(sock, Protocol(), reactor)
-        missing = missingInternals(tls, tcp)
+        self.tcp = Connection(sock, Protocol(), reactor)
+
+    def test_privateNamesStillExist(self) -> None:
+        missing = missingInternals(self.tls, self.tcp)
         self.assertEqual(
             missing, [],
             f"this Twisted no longer has {', '.join(missing)}: etpmitm/gateway/_twisted.py needs adapting to it",
@@ -34,12 +36,7 @@ class TwistedInternalsTests(SynchronousTestCase):
 
     def test_theCheckCanFail(self) -> None:
         """The check reports a name that is not there."""
-        tls = halfCloseableTLS(DeviceTLSCreator(SSL.Context(SSL.TLS_METHOD)), False, Protocol())
-        tls.makeConnection(StringTransport())
-        sock = socket.socket()
-        self.addCleanup(sock.close)
-        tcp = Connection(sock, Protocol(), reactor)
         cls = next(iter(INTERNALS))
         INTERNALS[cls] = (*INTERNALS[cls], "_noSuchThing")
         self.addCleanup(INTERNALS.__setitem__, cls, INTERNALS[cls][:-1])
-        self.assertEqual(missingInternals(tls, tcp), [f"{cls.__module__}.{cls.__qualname__}._noSuchThing"])
+        self.assertEqual(missingInternals(self.tls, self.tcp), [f"{cls.__module__}.{cls.__qualname__}._noSuchThing"])
