@@ -16,6 +16,12 @@ from twisted.logger import Logger
 
 log = Logger(namespace="etpmitm.audit")
 _ids = itertools.count(1)
+_ended = 0
+
+
+def ended() -> int:
+    """How many connections this process has audited (ended) so far."""
+    return _ended
 
 Action = Literal["intercept", "splice", "block", "close", "refuse"]
 """intercept: decrypted and relayed; splice: passed through as raw TCP;
@@ -93,9 +99,11 @@ class ConnectionRecord:
 
     def emit(self, now: float) -> None:
         """Log the event, once."""
+        global _ended
         if self._emitted:
             return
         self._emitted = True
+        _ended += 1
         self.action = self.action or "refuse"
         self.outcome = self.outcome or "ok"
         self.duration = max(0.0, now - self.started)

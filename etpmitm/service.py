@@ -17,6 +17,8 @@ from twisted.internet.interfaces import IReactorProcess, IReactorSocket, IReacto
 from twisted.logger import Logger
 from twisted.python import usage
 
+from etpmitm import audit
+from etpmitm.memory import Trimmer, mallocTrim
 from etpmitm.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_PER_CLIENT, DEFAULT_PER_CLIENT_RATE, Admission
 from etpmitm.ca.directory import CertificateAuthority, LeafKeyKind, load_ca
 from etpmitm.ca.errors import CAError
@@ -28,7 +30,7 @@ from etpmitm.gateway.device import CachedLeafContexts
 from etpmitm.gateway.intake import IntakeFactory
 from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.gateway.settings import GatewaySettings
-from etpmitm.gateway.origin import TrustStoreError, system_bundle, upstream_context
+from etpmitm.gateway.origin import RELAY_BUFFER, TrustStoreError, system_bundle, upstream_context
 from etpmitm.keyfiles import KeyFileError, read_passphrase_file
 from etpmitm.learnedmessage import from_message, to_message
 from etpmitm.learning import Learned
@@ -71,6 +73,7 @@ class Options(usage.Options):
         ["max-connections", None, str(DEFAULT_MAX_CONNECTIONS), "Connections open at once, per process; 0: unlimited"],
         ["max-client-connections", None, str(DEFAULT_PER_CLIENT), "Connections open at once from one client address, per process; 0: unlimited"],
         ["max-client-rate", None, f"{DEFAULT_PER_CLIENT_RATE:g}", "New connections per second from one client address, per process (bursts of twice that); 0: unlimited"],
+        ["relay-buffer", None, RELAY_BUFFER, "Bytes buffered towards a side before its peer stops being read (a stalled reader holds about 4x this)", int],
         ["backlog", None, DEFAULT_BACKLOG, "Accept queue of each listening socket (capped by net.core.somaxconn)", int],
     ]
 
@@ -98,6 +101,8 @@ class Options(usage.Options):
             self["policy"] = str(policy)
         if self["backlog"] < 1:
             raise usage.UsageError("--backlog must be at least 1")
+        if not 16384 <= self["relay-buffer"] <= 64 * 1024 * 1024:
+            raise usage.UsageError("--relay-buffer must be from 16384 to 67108864 bytes")
         if self["leaf-key"] not in ("ecdsa", "rsa"):
             raise usage.UsageError("--leaf-key must be ecdsa or rsa")
         if self["leaf-cache"] < 1:
@@ -179,13 +184,15 @@ def _certificateAuthority(options: Options, passphrase: bytes | None) -> tuple[P
 class GatewayService(MultiService):
     """The listeners; failing to listen ends start-up with one line.
 
-    SIGHUP reloads the policy file.
+    SIGHUP reloads the policy file.  Freed memory goes back to the system
+    after connections end (:mod:`etpmitm.memory`).
     """
 
     def __init__(self, policy: PolicyHolder, master: MasterLink | None = None) -> None:
         super().__init__()
         self.policy = policy
         self.master = master
+        self.trimmer: Trimmer | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -193,6 +200,8 @@ class GatewayService(MultiService):
 
         if self.master is not None:
             self.master.start()
+        self.trimmer = Trimmer(cast(IReactorTime, reactor), audit.ended, mallocTrim())
+        self.trimmer.start()
 
         def onHangup(signum: int, frame: object) -> None:
             reactor.callFromThread(self.policy.reload)  # type: ignore[attr-defined]
@@ -200,6 +209,11 @@ class GatewayService(MultiService):
         signal.signal(signal.SIGHUP, onHangup)
         # A worker starts with SIGHUP blocked (etpmitm.workers): ready now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+    def stopService(self) -> Any:
+        if self.trimmer is not None:
+            self.trimmer.stop()
+        return super().stopService()
 
     def privilegedStartService(self) -> None:
         try:
@@ -253,6 +267,7 @@ def makeService(options: Options) -> IService:
         handshakeTimeout=options["handshake-timeout"],
         connectTimeout=options["connect-timeout"],
         idleTimeout=options["idle-timeout"],
+        relayBuffer=options["relay-buffer"],
         shareLearned=_shareLearned(link),
         admission=_admission(options),
     )
@@ -359,7 +374,7 @@ def _workerOptions(options: Options, directory: Path) -> list[str]:
     argv = [f"--ca-dir={directory.resolve()}"]
     trust = options["upstream-trust"]
     argv.append(f"--upstream-trust={trust if trust == 'system' else Path(trust).resolve()}")
-    for name in ("handshake-timeout", "connect-timeout", "idle-timeout", "leaf-key", "leaf-cache",
+    for name in ("handshake-timeout", "connect-timeout", "idle-timeout", "relay-buffer", "leaf-key", "leaf-cache",
                  "max-connections", "max-client-connections", "max-client-rate"):
         argv.append(f"--{name}={options[name]}")
     for name in ("passphrase-file", "policy"):

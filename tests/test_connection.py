@@ -49,6 +49,12 @@ class InterceptTests(CoreTestCase):
         self.assertTrue(self.deviceSocket.noDelay)
         self.assertEqual(self.deviceSocket.bufferSize, RELAY_BUFFER)
 
+    def test_relayBufferIsASetting(self) -> None:
+        self.settings = attrs.evolve(self.settings, relayBuffer=65536)
+        self.connectDevice()
+        self.acceptTLS()
+        self.assertEqual({end.bufferSize for end in self.net.ends if end.host.port in (8443, 40000)}, {65536})
+
     def test_originFirst(self) -> None:
         """The device gets no byte until the origin's certificate is judged."""
         device = self.connectDevice()

@@ -283,6 +283,15 @@ class LimitOptionsTests(SynchronousTestCase):
         for name in ("max-connections", "max-client-connections", "max-client-rate"):
             self.assertEqual(again[name], options[name])
 
+    def test_relayBuffer(self) -> None:
+        self.assertEqual(self.parse()["relay-buffer"], 256 * 1024)
+        options = self.parse("--relay-buffer=65536")
+        self.assertIn("--relay-buffer=65536", _workerOptions(options, Path("/ca")))
+        for bad in ("1000", "999999999"):
+            with self.assertRaises(UsageError) as caught:
+                self.parse(f"--relay-buffer={bad}")
+            self.assertEqual(str(caught.exception), "--relay-buffer must be from 16384 to 67108864 bytes")
+
     def test_descriptor_limit_logged(self) -> None:
         with capturedLogs() as events:
             _logDescriptorLimit(self.parse("--max-connections=10000"), 1024, 4096)

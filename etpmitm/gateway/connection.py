@@ -322,7 +322,7 @@ class Connection:
             self.record.reason = reason
         side = Side("origin", self)
         settings = self.settings
-        connecting = connectPlain(settings.reactor, self._destination(), side, settings.connectTimeout)
+        connecting = connectPlain(settings.reactor, self._destination(), side, settings.connectTimeout, settings.relayBuffer)
         self._connecting = connecting  # type: ignore[assignment]
         connecting.addCallbacks(lambda _: self._spliceConnected(side), self._originFailed)
 
@@ -348,7 +348,7 @@ class Connection:
         side = self._originSide = Side("origin", self)
         connecting = connectTLS(
             settings.reactor, self._destination(), settings.upstream, hello.sni, hello.alpn,
-            settings.connectTimeout, side, settings.originSessions,
+            settings.connectTimeout, side, settings.originSessions, settings.relayBuffer,
         )
         self._connecting = connecting  # type: ignore[assignment]
         connecting.addCallbacks(self._originConnected, self._originFailed)

@@ -49,7 +49,7 @@ class Intake(Protocol):
         return len(self._parser.buffered)
 
     def connectionMade(self) -> None:
-        tuneRelaySocket(self.transport)
+        tuneRelaySocket(self.transport, self.settings.relayBuffer)
         self.connection = Connection(self.settings, self)
         self.connection.accepted()
 

@@ -39,18 +39,20 @@ from etpmitm.origintrust import ChainError, OriginVerdict, judge, weak_crypto
 from etpmitm.tlsconfig import hardened_context
 
 RELAY_BUFFER = 256 * 1024
-"""Socket read size, and write backlog at which the other side is paused.
+"""The default ``--relay-buffer``: socket read size, and the write backlog at
+which the other side is paused.
 
 Twisted's default (64 KiB) makes bulk transfers pause and resume the
-producer on almost every read; this bounds a relay to about 1 MiB per
-connection while it moves data in larger steps."""
+producer on almost every read; this moves data in larger steps, and bounds
+what a connection whose reader stalls holds to about four times it (the
+write backlog, one read, and the TLS records of each)."""
 
 
-def tuneRelaySocket(tcpTransport: object) -> None:
-    """:data:`RELAY_BUFFER`, and no Nagle delay: a relay forwards what it
-    has at once (a small response held back for a delayed ACK costs tens
-    of milliseconds)."""
-    tcpTransport.bufferSize = RELAY_BUFFER  # type: ignore[attr-defined]
+def tuneRelaySocket(tcpTransport: object, bufferSize: int = RELAY_BUFFER) -> None:
+    """``bufferSize``, and no Nagle delay: a relay forwards what it has at
+    once (a small response held back for a delayed ACK costs tens of
+    milliseconds)."""
+    tcpTransport.bufferSize = bufferSize  # type: ignore[attr-defined]
     tcpTransport.setTcpNoDelay(True)  # type: ignore[attr-defined]
 
 
@@ -160,11 +162,13 @@ def _endpoint(reactor: IReactorTCP, dst: Destination, timeout: float) -> IStream
     return kind(reactor, str(dst.ip), dst.port, timeout=timeout)
 
 
-def connectPlain(reactor: IReactorTCP, dst: Destination, protocol: IProtocol, timeout: float) -> Deferred[IProtocol]:
+def connectPlain(
+    reactor: IReactorTCP, dst: Destination, protocol: IProtocol, timeout: float, bufferSize: int = RELAY_BUFFER
+) -> Deferred[IProtocol]:
     """Open a TCP connection to ``dst`` driving ``protocol``."""
 
     def connected(connected: IProtocol) -> IProtocol:
-        tuneRelaySocket(connected.transport)  # type: ignore[attr-defined]
+        tuneRelaySocket(connected.transport, bufferSize)  # type: ignore[attr-defined]
         return connected
 
     connecting: Deferred[IProtocol] = _endpoint(reactor, dst, timeout).connect(onlyProtocol(protocol))
@@ -180,6 +184,7 @@ def connectTLS(
     timeout: float,
     protocol: IProtocol,
     sessions: OriginSessions | None = None,
+    bufferSize: int = RELAY_BUFFER,
 ) -> Deferred[OriginTLS]:
     """TCP to ``dst``, then TLS with the device's SNI and ALPN offer, driving ``protocol``.
 
@@ -192,7 +197,7 @@ def connectTLS(
     creator = OriginTLSCreator(context, sni, alpn, session)
 
     def connected(tls: HalfCloseableTLS) -> OriginTLS:
-        tuneRelaySocket(tls.transport)
+        tuneRelaySocket(tls.transport, bufferSize)
         return OriginTLS(tls, creator.record, cast(SSL.Connection, tls.getHandle()), key)
 
     connecting: Deferred[Any] = _endpoint(reactor, dst, timeout).connect(halfCloseableTLSFactory(creator, True, protocol))

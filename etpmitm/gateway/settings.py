@@ -14,7 +14,7 @@ from etpmitm.audit import ConnectionRecord
 from etpmitm.gateway.layers import OpaqueRelay
 from etpmitm.addresses import IPAddress
 from etpmitm.gateway.origdst import Destination, LocalAddresses, transportDestination
-from etpmitm.gateway.origin import OriginCertificates, OriginSessions
+from etpmitm.gateway.origin import RELAY_BUFFER, OriginCertificates, OriginSessions
 from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.interfaces import ILayer
 from etpmitm.lru import LRUCache
@@ -49,6 +49,8 @@ class GatewaySettings:
     handshakeTimeout: float = 10.0
     connectTimeout: float = 10.0
     idleTimeout: float = 300.0
+    relayBuffer: int = RELAY_BUFFER
+    """Bytes buffered towards a side before its peer stops being read (``--relay-buffer``)."""
     layerFor: Callable[[ConnectionRecord], ILayer] = opaqueLayer
     """The layer for an intercepted connection, once both handshakes are done
     (the record says what was negotiated: ``alpn``, ``sni``)."""
