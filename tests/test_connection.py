@@ -14,7 +14,8 @@ from twisted.internet.protocol import Protocol
 from etpmitm.gateway.connection import CLOSE_GRACE, TRANSITIONS, State
 from etpmitm.gateway.origdst import Destination
 from etpmitm.gateway.origin import RELAY_BUFFER
-from tests.corelab import CoreTestCase, Peer
+from etpmitm.policy import parse_policy
+from tests.corelab import ORIGIN, CoreTestCase, Peer
 from tests.hellos import python_client_hello
 
 
@@ -391,3 +392,38 @@ class OriginEndsAfterTheDeviceTests(CoreTestCase):
         self.net.flush()
         self.assertEqual((device.readEnded, device.cleanEnd), (True, False))  # still mirrored as it came
         self.assertDone("intercept", "ok", "the origin closed without close_notify after the device had ended")
+
+
+class LearnedNeverOverridesBlockTests(CoreTestCase):
+    policyText = '[[rule]]\nmatch = ["origin.test"]\naction = "block"\n'
+
+    def test_blockRuleWinsOverALearnedBypass(self) -> None:
+        """A name a block rule matches is never spliced because a bypass was learned for it."""
+        from etpmitm.learning import bypass_key
+
+        key = bypass_key("origin.test", ORIGIN.ip, ORIGIN.port)
+        self.assertIsNotNone(self.policy.learned.learn(key, self.reactor.seconds(), "origin requests a client certificate"))
+        device = self.connectDevice()
+        self.assertEqual(self.reactor.tcpClients, [])  # no origin connection, no splice
+        self.assertIs(self.connection.state, State.REFUSING)
+        self.assertTrue(device.handshook)
+        device.tls.write(b"GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+        self.net.flush()
+        self.assertTrue(device.received.startswith(b"HTTP/1.1 403 "))
+
+    def test_learnedBypassSplicesOnlyTheClientThatTaughtIt(self) -> None:
+        """Per-client by default: another device's failures do not splice this one."""
+        self.policy.current = parse_policy("")  # no block rule here
+        key = bypass_key_for_origin()
+        other = ipaddress.ip_address("10.0.0.99")
+        for _ in range(3):
+            self.policy.learned.record_failure(key, other, self.reactor.seconds(), "unknown ca")
+        self.assertTrue(self.policy.learned.is_bypassed(key, other, self.reactor.seconds()))
+        self.connectDevice()
+        self.assertIs(self.connection.state, State.CONNECTING_ORIGIN)  # intercepted, not spliced
+
+
+def bypass_key_for_origin() -> tuple[str | None, str]:
+    from etpmitm.learning import bypass_key
+
+    return bypass_key("origin.test", ORIGIN.ip, ORIGIN.port)
