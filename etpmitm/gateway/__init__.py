@@ -1,1 +1,1 @@
-"""Twisted glue: intake, origin connection, device-side TLS and the relay."""
+"""The Twisted glue: one Connection per device connection (connection.py), and the protocols that report to it."""
