@@ -76,6 +76,7 @@ class RecordTests(SynchronousTestCase):
         self.assertEqual({k: v for k, v in line.items() if k != "time"}, expected)
         self.assertEqual(line["duration"], 0.5)
         self.assertEqual(line["alpn_offered"], ["h2", "http/1.1"])
+        self.assertEqual((line["sni"], line["tls_version"]), ("example.com", None))
         self.assertRegex(line["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
     def test_request(self) -> None:
@@ -107,7 +108,14 @@ class RecordTests(SynchronousTestCase):
         self.assertEqual(text.count("\n"), 1)
         [line] = self.captured.lines()
         self.assertEqual(line["reason"], "odd\n\"reason\" \u2028 é")
-        self.assertEqual(line["alpn"], "h2\\x0ax")  # as the event carries it (etpmitm.audit.token)
+        self.assertEqual(line["alpn"], "h2\nx")  # JSON escapes it; the text log has h2\x0ax
+
+    def test_missing_values_are_null(self) -> None:
+        record = ConnectionRecord(client="10.1.2.3:1", destination="192.0.2.1:443", started=1.0)
+        record.emit(2.0)
+        [line] = self.captured.lines()
+        self.assertEqual((line["sni"], line["alpn"], line["policy"]), (None, None, None))
+        self.assertNotIn("sni_text", line)
 
     def test_other_events_are_not_written(self) -> None:
         Logger(namespace="etpmitm.service").info("starting")
