@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 from ipaddress import ip_address
+from pathlib import Path
 from textwrap import dedent
 
 import attrs
@@ -97,6 +98,25 @@ class ParseTests(SynchronousTestCase):
         self.assertRaises(ValueError, Rule, match=(), action="bypass", urls=url)
         self.assertRaises(ValueError, Rule, match=(), action="block")  # a connection rule needs match
         self.assertRaises(ValueError, Rule, match=(), action="bypass", methods=frozenset({"POST"}))
+
+
+class ReadmeTests(SynchronousTestCase):
+    def test_inspection_examples(self) -> None:
+        """The README's request rules and settings are a valid policy, with the documented defaults."""
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+        section = readme.split("\n## Inspection\n", 1)[1].split("\n## ", 1)[0]
+        rules_text, settings_text = [block.split("```", 1)[0] for block in section.split("```toml\n")[1:]]
+        policy = parse_policy(rules_text, "README.md")
+        self.assertEqual([r.action for r in policy.rules], ["block", "intercept", "block"])
+        self.assertEqual(ask(policy, "www.share.example/api/upload", method="PUT").rule,
+                         "rule 1 'no uploads to file shares' (line 1)")
+        self.assertEqual(ask(policy, "intranet.example/public/a", client="10.50.1.1").action, "allow")
+        self.assertEqual(ask(policy, "intranet.example/private", client="10.50.1.1").action, "block")
+        defaults = parse_policy(settings_text, "README.md")
+        self.assertEqual(
+            (defaults.inspect_http, defaults.strip_quic, defaults.max_headers, defaults.audit_query),
+            (Policy().inspect_http, Policy().strip_quic, Policy().max_headers, Policy().audit_query),
+        )
 
 
 class ErrorTests(SynchronousTestCase):
