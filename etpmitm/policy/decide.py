@@ -2,7 +2,8 @@
 
 Sans-IO and fast: :class:`Policy` indexes its rules' patterns when it is made,
 so :meth:`Policy.decide` costs a few dictionary look-ups however many rules
-there are, and still honours first-match-wins.
+there are, and still honours first-match-wins.  :meth:`Policy.decide_request`
+(:mod:`etpmitm.policy.request`) decides single HTTP requests the same way.
 """
 
 from __future__ import annotations
