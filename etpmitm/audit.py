@@ -33,8 +33,8 @@ Outcome = Literal["ok", "refused", "error"]
 """ok: ended normally; refused: ended on purpose by policy; error: something failed."""
 
 _FORMAT = (
-    "{client} -> {destination} sni={sni} action={action} outcome={outcome} "
-    "reason={reason!r} policy={policy!r} alpn={alpn} up={bytes_up} down={bytes_down} "
+    "{client} -> {destination} sni={sni_text} action={action} outcome={outcome} "
+    "reason={reason!r} policy={policy!r} alpn={alpn_text} up={bytes_up} down={bytes_down} "
     "duration={duration_text}s id={id} pid={pid}"
 )
 
@@ -108,7 +108,9 @@ class ConnectionRecord:
         self.outcome = self.outcome or "ok"
         self.duration = max(0.0, now - self.started)
         fields = self.fields()
-        fields["sni"], fields["alpn"] = token(self.sni), token(self.alpn)
+        # The fields stay as they are (--audit-log writes them as JSON); the
+        # line gets log-safe words.
+        fields["sni_text"], fields["alpn_text"] = token(self.sni), token(self.alpn)
         # Formatted here: a format spec does not survive a worker's event
         # passing to the master as JSON (Twisted flattens it unformatted).
         fields["duration_text"] = f"{self.duration:.3f}"

@@ -20,6 +20,7 @@ from twisted.python import usage
 from etpmitm import audit
 from etpmitm.memory import Trimmer, mallocTrim
 from etpmitm.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_PER_CLIENT, DEFAULT_PER_CLIENT_RATE, Admission
+from etpmitm.auditlog import AuditLogError, AuditLogFile, AuditLogService
 from etpmitm.ca.directory import CertificateAuthority, LeafKeyKind, load_ca
 from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import load_or_create_leaf_key
@@ -75,6 +76,7 @@ class Options(usage.Options):
         ["max-client-rate", None, f"{DEFAULT_PER_CLIENT_RATE:g}", "New connections per second from one client address, per process (bursts of twice that); 0: unlimited"],
         ["relay-buffer", None, RELAY_BUFFER, "Bytes buffered towards a side before its peer stops being read (a stalled reader holds about 4x this)", int],
         ["backlog", None, DEFAULT_BACKLOG, "Accept queue of each listening socket (capped by net.core.somaxconn)", int],
+        ["audit-log", None, None, "Also write the audit events (per connection and per request) to this file as JSON lines; SIGUSR1 reopens it"],
     ]
 
     def __init__(self) -> None:
@@ -248,11 +250,12 @@ def makeService(options: Options) -> IService:
     except (CAError, TrustStoreError, PolicyError) as e:
         raise StartupError(str(e)) from None
     descriptions = _listenDescriptions(options)
+    auditLog = _auditLog(options)
 
     _logDescriptorLimit(options, *raise_nofile_limit())
 
     if options["workers"] > 1 and not options["worker-listen"]:
-        return _master(options, descriptions, directory, ca, bundle)
+        return _withAuditLog(_master(options, descriptions, directory, ca, bundle), auditLog)
 
     link: MasterLink | None = None
     if options["worker-listen"]:
@@ -276,13 +279,29 @@ def makeService(options: Options) -> IService:
     if link is not None:
         AdoptedPorts(cast(IReactorSocket, reactor), options["worker-listen"], factory).setServiceParent(top)
         log.info("etpmitm worker {pid} serving the master's sockets", pid=os.getpid())
-        return top
+        return top  # no --audit-log here: the master writes its workers' events
     for description in descriptions:
         try:
             strports.service(description, factory).setServiceParent(top)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     _logStart(options, directory, ca, bundle)
+    return _withAuditLog(top, auditLog)
+
+
+def _auditLog(options: Options) -> AuditLogFile | None:
+    """The ``--audit-log`` file, open; not in a worker (the master writes its events)."""
+    if options["audit-log"] is None or options["worker-listen"]:
+        return None
+    try:
+        return AuditLogFile(Path(options["audit-log"]))
+    except AuditLogError as e:
+        raise StartupError(str(e)) from None
+
+
+def _withAuditLog(top: MultiService, auditLog: AuditLogFile | None) -> MultiService:
+    if auditLog is not None:
+        AuditLogService(auditLog).setServiceParent(top)
     return top
 
 
@@ -362,7 +381,7 @@ def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
 
 
 def _master(options: Options, descriptions: list[str], directory: Path, ca: CertificateAuthority,
-            bundle: Path) -> IService:
+            bundle: Path) -> MasterService:
     """The master of ``--workers N``: binds the sockets, runs the workers."""
     top = MasterService(descriptions, options["workers"], _workerOptions(options, directory))
     _logStart(options, directory, ca, bundle)

@@ -6,6 +6,7 @@ event as a JSON line on its standard output, a pipe that the master reads
 and logs through its own observers (``--logfile``, ``--syslog``, daemon mode).
 """
 
+import signal
 import sys
 
 from twisted.logger import FileLogObserver, ILogObserver, eventAsJSON
@@ -19,6 +20,9 @@ def logToMaster() -> ILogObserver:
 
 
 def main() -> None:
+    # SIGUSR1 reopens the master's --audit-log; a worker has nothing to reopen,
+    # and must survive a "systemctl kill -s USR1" that reaches every process.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     sys.argv = ["twistd", "-n", "--pidfile=", "--logger=etpmitm.worker.logToMaster", "etpmitm", *sys.argv[1:]]
     run()
 

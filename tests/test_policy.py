@@ -427,7 +427,7 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(caught.exception.problem, "unknown table [orgin] (did you mean [origin]?)")
 
     def test_unknown_tables_and_keys(self) -> None:
-        tables = "[origin], [traffic], [learning] or [rule]"
+        tables = "[origin], [traffic], [learning], [inspect], [audit] or [rule]"
         self.assertErrors(
             [
                 ("# x\n[orgin]\nuntrusted = 'block'\n", "2: unknown table [orgin] (did you mean [origin]?)"),
@@ -529,7 +529,7 @@ class ErrorTests(SynchronousTestCase):
         actions = "intercept, bypass or block"
         self.assertErrors(
             [
-                (EXAMPLE + "\n[[rule]]\naction = 'block'\n", "25: rule 3: match is missing"),
+                (EXAMPLE + "\n[[rule]]\naction = 'block'\n", "25: rule 3: match is missing (or urls or methods, for a request rule)"),
                 ("[[rule]]\nmatch = ['a']\n", f"1: rule 1: action is missing ({actions})"),
                 (
                     EXAMPLE.replace('action = "block"', 'action = "allow"'),
@@ -670,7 +670,7 @@ class ErrorTests(SynchronousTestCase):
         self.assertError(
             "[[rule]]\nmatch = ['a']\naction = 'block'\nrule.x = 1\n",
             "policy.toml:4: rule 1: unknown key 'rule' "
-            "(expected 'match', 'action', 'ports', 'clients' or 'name')",
+            "(expected 'match', 'urls', 'methods', 'action', 'ports', 'clients' or 'name')",
         )
 
     def test_inline_rule_falls_back_to_its_key(self) -> None:

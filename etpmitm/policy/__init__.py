@@ -28,12 +28,25 @@ errors::
                              # within `window`; all: one device's failures teach all
     min_clients = 3          # only with scope = "client"
 
+    [inspect]                # intercepted HTTP/1.1 and HTTP/2
+    http = true              # false: no HTTP layer, the opaque relay
+    strip_quic = true        # remove h3 and other QUIC alternatives from Alt-Svc
+    max_headers = 100        # more header fields in one request: 400
+
+    [audit]
+    query = false            # true: request paths are logged with their query
+
     [[rule]]                 # tried in order, the first match wins; no match: intercept
     name = "banks"           # optional, shown in decisions
     match = ["*.bank.example", "health.example", "10.20.0.0/16", "[2001:db8::]/32"]
     action = "bypass"        # intercept | bypass | block
     ports = [443]            # optional: destination ports
     clients = ["192.168.10.0/24"]  # optional: device addresses or networks
+
+    [[rule]]                 # a request rule: has urls and/or methods
+    urls = ["good.example/private/*", "*.example.com/api/upload"]
+    methods = ["POST", "PUT"]
+    action = "block"         # block | intercept (allow); never bypass
 
 Patterns (see :mod:`etpmitm.policy.patterns`): ``host.example`` matches that
 name; ``*.example`` matches every name below ``example`` but not ``example``
@@ -46,6 +59,12 @@ origin's certificate, compared literally like SNI values: any one name
 matching is a match, and a certificate name ``*.x.example`` matches the
 patterns ``*.x.example`` and ``*.example`` but not ``a.x.example``.
 :meth:`Policy.needs_names` says when the decision has to wait for them.
+
+A rule with ``urls`` or ``methods`` is a *request rule*: it never applies to
+a connection, only to the requests on intercepted ones
+(:meth:`Policy.decide_request`, :mod:`etpmitm.policy.request`); its
+``match``, if any, is then optional.  URL patterns are described in
+:mod:`etpmitm.policy.urls`.
 
 Learned bypasses (:mod:`etpmitm.learning`) are for the gateway to apply
 after the rules, to connections the rules would intercept, so that they never
@@ -74,6 +93,7 @@ from etpmitm.policy.patterns import (
     parse_pattern,
 )
 from etpmitm.policy.schema import PolicyError, load_policy, parse_policy
+from etpmitm.policy.urls import UrlPattern, parse_url_pattern
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -91,9 +111,11 @@ __all__ = [
     "PolicyError",
     "Rule",
     "UntrustedMode",
+    "UrlPattern",
     "WildcardPattern",
     "load_policy",
     "parse_network",
     "parse_pattern",
     "parse_policy",
+    "parse_url_pattern",
 ]

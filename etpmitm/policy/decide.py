@@ -2,7 +2,8 @@
 
 Sans-IO and fast: :class:`Policy` indexes its rules' patterns when it is made,
 so :meth:`Policy.decide` costs a few dictionary look-ups however many rules
-there are, and still honours first-match-wins.
+there are, and still honours first-match-wins.  :meth:`Policy.decide_request`
+(:mod:`etpmitm.policy.request`) decides single HTTP requests the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Literal
 
 import attrs
 
+from etpmitm.http import RequestHead, RequestVerdict
 from etpmitm.policy.patterns import (
     HostPattern,
     IPAddress,
@@ -22,6 +24,8 @@ from etpmitm.policy.patterns import (
     normalise_name,
     unmap,
 )
+from etpmitm.policy.request import RequestRules
+from etpmitm.policy.urls import UrlPattern
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -51,9 +55,11 @@ LEARNING_SCOPES: tuple[LearningScope, ...] = ("client", "all")
 
 @attrs.frozen
 class Rule:
-    """One ``[[rule]]``: which connections it matches and what to do with them."""
+    """One ``[[rule]]``: which connections (or, with ``urls``/``methods``, which
+    requests) it matches and what to do with them."""
 
     match: tuple[Pattern, ...]
+    """Empty only in a request rule."""
     action: Action = attrs.field(validator=attrs.validators.in_(ACTIONS))
     ports: frozenset[int] | None = None
     """Destination ports; None for every port."""
@@ -64,6 +70,21 @@ class Rule:
     """1-based position in the policy file (0 for rules made in code)."""
     line: int = 0
     """Line of the ``[[rule]]`` header."""
+    urls: tuple[UrlPattern, ...] | None = None
+    """Request URL patterns (:mod:`etpmitm.policy.urls`); None: not a URL filter."""
+    methods: frozenset[str] | None = None
+    """Request methods, exact upper-case tokens; None: every method."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.is_request_rule and self.action == "bypass":
+            raise ValueError(f"{self.describe()}: bypass applies to connections, not to requests")
+        if not self.match and not self.is_request_rule:
+            raise ValueError(f"{self.describe()}: a connection rule needs match patterns")
+
+    @property
+    def is_request_rule(self) -> bool:
+        """A rule with ``urls`` or ``methods``: it decides on requests, never on connections."""
+        return self.urls is not None or self.methods is not None
 
     def describe(self) -> str:
         """``rule 3 (line 17)``, with the rule's name if it has one."""
@@ -120,6 +141,8 @@ class _Index:
         tables: dict[tuple[int, int], dict[int, _Hits]] = {}
         host_rules = []
         for pos, rule in enumerate(rules):
+            if rule.is_request_rule:
+                continue
             for pattern in rule.match:
                 if isinstance(pattern, HostPattern):
                     self.names.setdefault(pattern.name, []).append((pos, pattern.text))
@@ -156,6 +179,10 @@ def _make_index(policy: Policy) -> _Index:
     return _Index(policy.rules)
 
 
+def _make_request_rules(policy: Policy) -> RequestRules:
+    return RequestRules(policy.rules)
+
+
 @attrs.frozen
 class Policy:
     """The operator's policy.  Rules are tried in order; the first match wins."""
@@ -173,8 +200,19 @@ class Policy:
     rules to the outer SNI, the public name)."""
     learning: LearningSettings = LearningSettings()
     rules: tuple[Rule, ...] = ()
+    inspect_http: bool = True
+    """``[inspect] http``: run the HTTP/1.1 and HTTP/2 layers; False: the opaque relay."""
+    strip_quic: bool = True
+    """``[inspect] strip_quic``: remove h3 and other QUIC alternatives from Alt-Svc."""
+    max_headers: int = 100
+    """``[inspect] max_headers``: more header fields in one request is refused (400)."""
+    audit_query: bool = False
+    """``[audit] query``: log request paths with their query string."""
     _index: _Index = attrs.field(
         init=False, eq=False, repr=False, default=attrs.Factory(_make_index, takes_self=True)
+    )
+    _request_rules: RequestRules = attrs.field(
+        init=False, eq=False, repr=False, default=attrs.Factory(_make_request_rules, takes_self=True)
     )
 
     def decide(
@@ -221,6 +259,18 @@ class Policy:
                     reason = f"{rule.describe()} matched {text} ({kind} {subject})"
                     return Decision(rule.action, rule, reason)
         return _NO_MATCH
+
+    def decide_request(
+        self, head: RequestHead, *, sni: str | None, destination: IPAddress, port: int, client: IPAddress
+    ) -> RequestVerdict:
+        """Decide for one request on an intercepted connection: allow or block.
+
+        The request rules, and the host patterns of connection rules that
+        block, in order; the first match wins (:mod:`etpmitm.policy.request`).
+        The request's host is its authority, else *sni*.  No match:
+        :data:`etpmitm.http.ALLOW`.  Never raises on what a device sends.
+        """
+        return self._request_rules.decide(head, sni, destination, port, client)
 
     def needs_names(
         self,

@@ -25,6 +25,7 @@ from etpmitm.policy.decide import (
     Policy,
     Rule,
 )
+from etpmitm.policy.urls import parse_url_pattern
 from etpmitm.policy.lines import KeyLines
 from etpmitm.policy.lines import Path as KeyPath
 from etpmitm.policy.patterns import IPNetwork, PatternError, parse_network, parse_pattern
@@ -38,8 +39,12 @@ _SECTIONS: dict[str, Collection[str]] = {
     "origin": ("untrusted",),
     "traffic": ("non_tls", "ech"),
     "learning": ("enabled", "failures", "window", "ttl", "max_entries", "scope", "min_clients"),
+    "inspect": ("http", "strip_quic", "max_headers"),
+    "audit": ("query",),
 }
-_RULE_KEYS = ("match", "action", "ports", "clients", "name")
+_RULE_KEYS = ("match", "urls", "methods", "action", "ports", "clients", "name")
+_MAX_HEADERS = 10_000
+_METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TOP_LEVEL = (*_SECTIONS, "rule")
 _DEFAULT_LEARNING = LearningSettings()
 _LONG_NUMBER = re.compile(r"[0-9_]{4000,}")
@@ -119,12 +124,18 @@ class _Checker:
         origin = self.section(document, "origin")
         traffic = self.section(document, "traffic")
         learning = self.section(document, "learning")
+        inspect = self.section(document, "inspect")
+        audit = self.section(document, "audit")
         return Policy(
             untrusted=self.choice(origin, ("origin", "untrusted"), UNTRUSTED_MODES, "block"),
             non_tls=self.choice(traffic, ("traffic", "non_tls"), NON_TLS_MODES, "passthrough"),
             ech=self.choice(traffic, ("traffic", "ech"), ECH_MODES, "intercept"),
             learning=self.learning(learning),
             rules=self.rules(document.get("rule", [])),
+            inspect_http=self.flag(inspect, ("inspect", "http"), True),
+            strip_quic=self.flag(inspect, ("inspect", "strip_quic"), True),
+            max_headers=self.max_headers(inspect),
+            audit_query=self.flag(audit, ("audit", "query"), False),
         )
 
     def section(self, document: Mapping[str, object], name: str) -> dict[str, object]:
@@ -147,6 +158,18 @@ class _Checker:
             if value == choice and isinstance(value, str):
                 return choice
         self.fail(path, f"{path[-1]} must be {_either(choices)}, not {_show(value)}")
+
+    def flag(self, table: Mapping[str, object], path: KeyPath, default: bool) -> bool:
+        value = table.get(str(path[-1]), default)
+        if not isinstance(value, bool):
+            self.fail(path, f"{path[-1]} must be true or false, not {_show(value)}")
+        return value
+
+    def max_headers(self, table: Mapping[str, object]) -> int:
+        value = table.get("max_headers", 100)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_HEADERS:
+            return value
+        self.fail(("inspect", "max_headers"), f"max_headers must be an integer from 1 to {_MAX_HEADERS}, not {_show(value)}")
 
     def learning(self, table: Mapping[str, object]) -> LearningSettings:
         enabled = table.get("enabled", True)
@@ -195,22 +218,48 @@ class _Checker:
     def rule(self, table: Mapping[str, object], index: int) -> Rule:
         path: KeyPath = ("rule", index)
         self.known_keys(table, path, _RULE_KEYS)
-        if "match" not in table:
-            self.fail(path, "match is missing")
+        request = "urls" in table or "methods" in table
+        if "match" not in table and not request:
+            self.fail(path, "match is missing (or urls or methods, for a request rule)")
         if "action" not in table:
             self.fail(path, f"action is missing ({_either(ACTIONS)})")
         name = table.get("name")
         if name is not None and (not isinstance(name, str) or not name):
             self.fail((*path, "name"), f"name must be a non-empty string, not {_show(name)}")
+        action = self.choice(table, (*path, "action"), ACTIONS, "intercept")
+        if request and action == "bypass":
+            self.fail((*path, "action"), "bypass applies to whole connections, not to requests: "
+                      "a rule with urls or methods can only block or intercept (allow)")
+        match = table.get("match")
         return Rule(
-            match=tuple(self.strings(table["match"], (*path, "match"), "pattern", parse_pattern)),
-            action=self.choice(table, (*path, "action"), ACTIONS, "intercept"),
+            match=() if match is None else tuple(self.strings(match, (*path, "match"), "pattern", parse_pattern)),
+            action=action,
             ports=self.ports(table.get("ports"), (*path, "ports")),
             clients=self.clients(table.get("clients"), (*path, "clients")),
             name=name,
             number=index + 1,
             line=self._lines.line(path),
+            urls=self.optional(table, (*path, "urls"), "URL pattern", parse_url_pattern),
+            methods=self.methods(table.get("methods"), (*path, "methods")),
         )
+
+    def optional(
+        self, table: Mapping[str, object], path: KeyPath, what: str, parse: Callable[[str], T]
+    ) -> tuple[T, ...] | None:
+        if str(path[-1]) not in table:
+            return None
+        return tuple(self.strings(table[str(path[-1])], path, what, parse))
+
+    def methods(self, value: object, path: KeyPath) -> frozenset[str] | None:
+        if value is None:
+            return None
+        methods = self.strings(value, path, "method", str)
+        for method in methods:
+            if not _METHOD.fullmatch(method):
+                self.fail(path, f"methods holds {_show(method)}, not an HTTP method (a token such as \"POST\")")
+            if method != method.upper():
+                self.fail(path, f"methods are case-sensitive and upper case: write {_show(method.upper())}, not {_show(method)}")
+        return frozenset(methods)
 
     def strings(
         self, items: object, path: KeyPath, what: str, parse: Callable[[str], T]
