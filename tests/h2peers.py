@@ -117,16 +117,16 @@ class H2Peer(Peer):
             self.transport.write(data)
 
     def request(self, path: str, method: str = "GET", body: bytes | None = None, extra: Fields = (),
-                trailers: Fields | None = None, authority: str = "origin.test") -> int:
-        """Open a stream with a request; returns its id."""
+                trailers: Fields | None = None, authority: str = "origin.test", end: bool = True) -> int:
+        """Open a stream with a request (``end=False``: its body follows through :meth:`send`); returns its id."""
         sid = self.conn.get_next_available_stream_id()
         fields: list[tuple[str | bytes, str | bytes]] = [
             (":method", method), (":scheme", "https"), (":authority", authority), (":path", path), *extra,
         ]
         self.streams[sid] = StreamLog()
-        self.conn.send_headers(sid, fields, end_stream=body is None and trailers is None)
+        self.conn.send_headers(sid, fields, end_stream=end and body is None and trailers is None)
         if body is not None or trailers is not None:
-            self.send(sid, body or b"", trailers=trailers)
+            self.send(sid, body or b"", end=end, trailers=trailers)
         self.flush()
         return sid
 

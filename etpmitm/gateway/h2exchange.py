@@ -41,22 +41,26 @@ class Held:
         self.size += len(data)
 
     def take(self, limit: int) -> bytes:
-        """Up to ``limit`` bytes from the front (``limit`` > 0, something held)."""
+        """``limit`` bytes from the front, or all that is held if less."""
         chunks = self._chunks
         assert chunks is not None
-        first = chunks[0]
-        if len(first) <= limit:
-            chunks.popleft()
-            parts = [first]
-            size = len(first)
-            while chunks and size + len(chunks[0]) <= limit:
-                parts.append(chunks.popleft())
-                size += len(parts[-1])
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
-        else:
-            data, chunks[0] = first[:limit], first[limit:]
-        self.size -= len(data)
-        return data
+        first = chunks.popleft()
+        if len(first) >= limit:
+            if len(first) > limit:
+                chunks.appendleft(first[limit:])
+                first = first[:limit]
+            self.size -= limit
+            return first
+        parts, size = [first], len(first)
+        while chunks and size < limit:
+            chunk = chunks.popleft()
+            if size + len(chunk) > limit:
+                chunks.appendleft(chunk[limit - size:])
+                chunk = chunk[: limit - size]
+            parts.append(chunk)
+            size += len(chunk)
+        self.size -= size
+        return b"".join(parts)
 
     def drop(self) -> int:
         """Forget what is held; returns how many bytes that was."""
