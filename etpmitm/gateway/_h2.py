@@ -1,0 +1,44 @@
+"""The one private h2 behaviour the HTTP/2 layer changes, fenced here.
+
+h2 ends a connection's life the moment a GOAWAY arrives or leaves: its state
+machine refuses every later frame, so streams still in flight fail.  RFC 9113
+6.8 says they go on (nginx sends GOAWAY after ``keepalive_requests`` and then
+finishes the streams it listed).  :class:`GracefulH2Connection` reports a
+received GOAWAY as h2's ``ConnectionTerminated`` event and stays open; the
+layer sends its own GOAWAYs as bytes (:func:`goaway_frame`), so they close
+nothing either.  ``tests/test_h2_internals.py`` checks that this still holds
+for the installed h2.
+"""
+
+from __future__ import annotations
+
+import h2.connection
+import h2.errors
+import h2.events
+from hyperframe.frame import Frame, GoAwayFrame
+
+
+class GracefulH2Connection(h2.connection.H2Connection):
+    """An ``H2Connection`` that keeps its open streams after receiving GOAWAY."""
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        event = h2.events.ConnectionTerminated()
+        event.error_code = _error_code(frame.error_code)
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+def goaway_frame(last_stream_id: int, error_code: int = h2.errors.ErrorCodes.NO_ERROR) -> bytes:
+    """A serialised GOAWAY frame, sent beside h2 so that its connection stays usable."""
+    frame = GoAwayFrame(0)
+    frame.last_stream_id = last_stream_id
+    frame.error_code = int(error_code)
+    return bytes(frame.serialize())
+
+
+def _error_code(code: int) -> h2.errors.ErrorCodes | int:
+    try:
+        return h2.errors.ErrorCodes(code)
+    except ValueError:
+        return code

@@ -1,0 +1,603 @@
+"""The HTTP/2 layer: terminates HTTP/2 on both sides, one origin stream per device stream.
+
+The device talks to an h2 server, the origin to an h2 client; requests and
+responses pass between them as h2 events, never as frames, so each side keeps
+its own HPACK state, settings and flow-control windows.
+
+- **Flow control.**  A body waits in its :class:`~.h2exchange.Held` until the
+  receiver's window takes it, and only then is the sender's window handed
+  back.  So the gateway holds at most :data:`STREAM_WINDOW` per stream and
+  :data:`CONNECTION_WINDOW` per connection in each direction, however slow
+  the receiver (TCP back-pressure on top comes from the :class:`~.layers.Pipe`).
+- **Streams.**  Each request is judged (``judge``) before the origin sees it: a
+  blocked one gets the 403 block page on its own stream.  Requests beyond the
+  origin's ``MAX_CONCURRENT_STREAMS`` wait for a free stream.  RST_STREAM passes
+  through with its code; each stream logs one :class:`~etpmitm.http.RequestRecord`.
+- **GOAWAY** from either side lets the streams in flight finish
+  (:mod:`._h2`); streams the origin will not process are refused to the device
+  with REFUSED_STREAM, so it retries them.  The connection closes once no
+  stream is left.
+- **No push**: the origin is told ``ENABLE_PUSH = 0`` (a PUSH_PROMISE is then a
+  protocol error), and the device is never pushed to.
+- **No QUIC**: ``h3`` alternatives leave Alt-Svc headers and ALTSVC frames
+  (:mod:`etpmitm.altsvc`) while ``stripQuic()`` says so.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, cast
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from etpmitm.altsvc import strip_quic
+from etpmitm.blockpage import BlockResponse
+from etpmitm.gateway._h2 import GracefulH2Connection, goaway_frame
+from etpmitm.gateway.h2exchange import Exchange, Headers, Held, request_head, response_facts
+from etpmitm.http import ALLOW, RequestHead, RequestRecord, RequestVerdict
+from etpmitm.interfaces import ILayer, ILayerLink
+
+if TYPE_CHECKING:
+    from etpmitm.audit import ConnectionRecord
+    from etpmitm.gateway.settings import GatewaySettings
+
+log = Logger()
+
+STREAM_WINDOW = 256 * 1024
+"""Flow-control window the gateway gives each stream, both sides: the most it holds per stream and direction."""
+CONNECTION_WINDOW = 1024 * 1024
+"""Flow-control window of the whole connection, both sides: the most it holds per direction."""
+MAX_CONCURRENT_STREAMS = 100
+"""Streams a device may open at once (requests beyond the origin's own limit wait in the gateway)."""
+MAX_HEADER_LIST_SIZE = 64 * 1024
+
+
+def _config(client: bool) -> h2.config.H2Configuration:
+    """Headers as bytes; what the layer sends was validated by h2 as it came in from the other
+    side (or is the gateway's own page), so it is not checked again (about 7% of a request's time)."""
+    return h2.config.H2Configuration(
+        client_side=client, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False
+    )
+
+
+E = h2.errors.ErrorCodes
+Judge = Callable[[RequestHead], RequestVerdict]
+
+
+def allowAll(head: RequestHead) -> RequestVerdict:
+    return ALLOW
+
+
+def http2Layer(settings: GatewaySettings, record: ConnectionRecord, judge: Judge = allowAll) -> ILayer:
+    """The HTTP/2 layer for one connection (ALPN ``h2``); Alt-Svc follows the policy in force."""
+    return HTTP2Layer(
+        record.id, settings.clock, judge, stripQuic=lambda: bool(getattr(settings.policy.current, "strip_quic", True))
+    )
+
+
+@implementer(ILayer)
+class HTTP2Layer:
+    """Terminates HTTP/2 from the device and speaks it anew to the origin."""
+
+    name = "h2"
+
+    def __init__(
+        self, connection: str, clock: IReactorTime, judge: Judge = allowAll, stripQuic: Callable[[], bool] = lambda: True
+    ) -> None:
+        self._connectionId = connection
+        self._clock = clock
+        self._judge = judge
+        self._stripQuic = stripQuic
+        self._device = GracefulH2Connection(_config(client=False))
+        self._origin = GracefulH2Connection(_config(client=True))
+        self._byDevice: dict[int, Exchange] = {}
+        self._byOrigin: dict[int, Exchange] = {}
+        self._waiting: deque[Exchange] = deque()
+        """Requests waiting for the origin to allow another stream."""
+        self._deviceLast: int | None = None
+        """The last device stream the gateway takes, once it sent the device GOAWAY."""
+        self._originLast: int | None = None
+        """The last origin stream the origin processes, once it sent GOAWAY."""
+        self._originSentGoaway = False
+        self._originGone = False
+        self._ending: str | None = None
+        """Why the connection ends as soon as no stream is left."""
+        self._done = False
+        self._deviceEvents: dict[type[h2.events.Event], Callable[[Any], None]] = {
+            h2.events.RequestReceived: self._request,
+            h2.events.DataReceived: self._requestData,
+            h2.events.TrailersReceived: self._requestTrailers,
+            h2.events.StreamEnded: self._requestEnded,
+            h2.events.StreamReset: self._deviceReset,
+            h2.events.WindowUpdated: self._deviceWindow,
+            h2.events.RemoteSettingsChanged: self._deviceSettings,
+            h2.events.ConnectionTerminated: self._deviceGoaway,
+        }
+        self._originEvents: dict[type[h2.events.Event], Callable[[Any], None]] = {
+            h2.events.ResponseReceived: self._response,
+            h2.events.InformationalResponseReceived: self._informational,
+            h2.events.DataReceived: self._responseData,
+            h2.events.TrailersReceived: self._responseTrailers,
+            h2.events.StreamEnded: self._responseEnded,
+            h2.events.StreamReset: self._originReset,
+            h2.events.WindowUpdated: self._originWindow,
+            h2.events.RemoteSettingsChanged: self._originSettings,
+            h2.events.ConnectionTerminated: self._originGoaway,
+            h2.events.AlternativeServiceAvailable: self._altsvc,
+        }
+
+    # -- ILayer ------------------------------------------------------------------------
+
+    def start(self, link: ILayerLink) -> None:
+        self._link = link
+        S = h2.settings.SettingCodes
+        self._device.local_settings = h2.settings.Settings(client=False, initial_values={
+            S.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            S.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            S.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+        })
+        self._origin.local_settings = h2.settings.Settings(client=True, initial_values={
+            S.ENABLE_PUSH: 0,
+            S.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            S.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+        })
+        for connection in (self._device, self._origin):
+            connection.initiate_connection()
+            connection.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._send()
+
+    def deviceData(self, data: bytes) -> None:
+        if self._done:
+            return
+        try:
+            events = self._device.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self._abandon(f"device broke HTTP/2: {e}", E.INTERNAL_ERROR, failed=True)
+            return
+        handlers = self._deviceEvents
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+        self._afterEvents()
+
+    def originData(self, data: bytes) -> None:
+        if self._done:
+            return
+        try:
+            events = self._origin.receive_data(data)
+        except h2.exceptions.ProtocolError as e:
+            self._abandon(f"origin broke HTTP/2: {e}", E.INTERNAL_ERROR, failed=True)
+            return
+        handlers = self._originEvents
+        for event in events:
+            handler = handlers.get(type(event))
+            if handler is not None:
+                handler(event)
+        self._afterEvents()
+
+    def deviceEnded(self, clean: bool) -> None:
+        """The device sends no more: requests it had not finished are cancelled, the rest go on."""
+        if self._done:
+            return
+        for exchange in list(self._byDevice.values()):
+            if not exchange.up.ended:
+                self._resetOrigin(exchange, E.CANCEL)
+                self._finish(exchange, "the device closed the connection")
+        self._goingAway("the device closed the connection")
+        self._afterEvents()
+
+    def originEnded(self, clean: bool) -> None:
+        """The origin sends no more: responses it had not finished fail, the rest are delivered."""
+        if self._done:
+            return
+        self._originGone = True
+        broken = 0
+        for exchange in list(self._byDevice.values()):
+            if exchange.answered:
+                continue
+            if exchange.down.ended:
+                exchange.sink = True
+                continue
+            broken += exchange.originId is not None
+            code = E.INTERNAL_ERROR if exchange.originId is not None else E.REFUSED_STREAM
+            self._resetDevice(exchange, code)
+            self._finish(exchange, "the origin closed the connection")
+        if broken:
+            self._link.fail(f"the origin closed the connection with {broken} response(s) unfinished")
+        self._goingAway("the origin closed the connection")
+        self._afterEvents()
+
+    def closed(self) -> None:
+        self._done = True
+        for exchange in list(self._byDevice.values()):
+            self._finish(exchange, "the connection closed")
+
+    def buffered(self) -> int:
+        """Body bytes held for either side, all streams."""
+        return sum(e.up.size + e.down.size for e in self._byDevice.values())
+
+    # -- the device's events --------------------------------------------------------------
+
+    def _request(self, event: h2.events.RequestReceived) -> None:
+        headers = cast(Headers, event.headers)
+        sid = event.stream_id
+        head = request_head(headers)
+        record = RequestRecord(self._connectionId, sid, "h2", head, self._clock.seconds())
+        exchange = Exchange(sid, record)
+        exchange.up.ended = event.stream_ended is not None
+        self._byDevice[sid] = exchange
+        if (self._deviceLast is not None and sid > self._deviceLast) or self._originGone or self._originLast is not None:
+            self._resetDevice(exchange, E.REFUSED_STREAM)
+            self._finish(exchange, "refused: the connection is ending")
+            return
+        if head.method == "CONNECT":
+            record.action, record.reason = "refuse", "CONNECT is not allowed through the gateway"
+            self._answer(exchange, BlockResponse.render(head.authority, record.reason, "policy", status=405))
+            return
+        verdict = self._verdict(head)
+        record.reason, record.rule = verdict.reason, verdict.rule
+        if verdict.action == "block":
+            record.action = "block"
+            self._answer(exchange, BlockResponse.render(head.url, verdict.reason, "policy", status=403))
+            return
+        exchange.request = headers
+        self._waiting.append(exchange)
+
+    def _requestData(self, event: h2.events.DataReceived) -> None:
+        sid, data = event.stream_id, event.data
+        padding = event.flow_controlled_length - len(data)
+        exchange = self._byDevice.get(sid)
+        if exchange is None or exchange.sink:
+            self._device.acknowledge_received_data(event.flow_controlled_length, sid)
+            if exchange is not None:
+                exchange.record.bytes_up += len(data)
+            return
+        if padding:
+            self._device.acknowledge_received_data(padding, sid)
+        exchange.record.bytes_up += len(data)
+        exchange.up.append(data)
+        self._flushUp(exchange)
+
+    def _requestTrailers(self, event: h2.events.TrailersReceived) -> None:
+        exchange = self._byDevice.get(event.stream_id)
+        if exchange is not None:
+            exchange.up.trailers = cast(Headers, event.headers)
+
+    def _requestEnded(self, event: h2.events.StreamEnded) -> None:
+        exchange = self._byDevice.get(event.stream_id)
+        if exchange is not None:
+            exchange.up.ended = True
+            self._flushUp(exchange)
+
+    def _deviceReset(self, event: h2.events.StreamReset) -> None:
+        exchange = self._byDevice.get(event.stream_id)
+        if exchange is not None:
+            code = event.error_code if event.error_code is not None else E.CANCEL
+            self._resetOrigin(exchange, code)
+            self._finish(exchange, f"reset by the device ({_name(code)})")
+
+    def _deviceWindow(self, event: h2.events.WindowUpdated) -> None:
+        if event.stream_id:
+            exchange = self._byDevice.get(event.stream_id)
+            if exchange is not None:
+                self._flushDown(exchange)
+        else:
+            self._flushAll(down=True)
+
+    def _deviceSettings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        self._flushAll(down=True)
+
+    def _deviceGoaway(self, event: h2.events.ConnectionTerminated) -> None:
+        """The device goes away: its streams in flight go on unless it says it failed."""
+        code = event.error_code if event.error_code is not None else E.NO_ERROR
+        if code != E.NO_ERROR:
+            self._abandon(f"device sent GOAWAY ({_name(code)})", E.CANCEL, failed=False, deviceWent=True)
+            return
+        self._goingAway("the device sent GOAWAY")
+
+    # -- the origin's events -----------------------------------------------------------------
+
+    def _response(self, event: h2.events.ResponseReceived) -> None:
+        exchange = self._byOrigin.get(event.stream_id)
+        if exchange is None:
+            return
+        headers = cast(Headers, event.headers)
+        record = exchange.record
+        record.status, record.response_content_type = response_facts(headers)
+        record.headers_after = self._clock.seconds() - record.started
+        if self._stripQuic():
+            headers = _withoutQuic(headers)
+        ended = event.stream_ended is not None
+        self._device.send_headers(exchange.deviceId, headers, end_stream=ended)
+        exchange.down.ended = exchange.down.endSent = ended
+        self._checkDone(exchange)
+
+    def _informational(self, event: h2.events.InformationalResponseReceived) -> None:
+        exchange = self._byOrigin.get(event.stream_id)
+        if exchange is not None:
+            self._device.send_headers(exchange.deviceId, cast(Headers, event.headers))
+
+    def _responseData(self, event: h2.events.DataReceived) -> None:
+        sid, data = event.stream_id, event.data
+        exchange = self._byOrigin.get(sid)
+        if exchange is None:
+            self._origin.acknowledge_received_data(event.flow_controlled_length, sid)
+            return
+        padding = event.flow_controlled_length - len(data)
+        if padding:
+            self._origin.acknowledge_received_data(padding, sid)
+        exchange.record.bytes_down += len(data)
+        exchange.down.append(data)
+        self._flushDown(exchange)
+
+    def _responseTrailers(self, event: h2.events.TrailersReceived) -> None:
+        exchange = self._byOrigin.get(event.stream_id)
+        if exchange is not None:
+            exchange.down.trailers = cast(Headers, event.headers)
+
+    def _responseEnded(self, event: h2.events.StreamEnded) -> None:
+        exchange = self._byOrigin.get(event.stream_id)
+        if exchange is not None:
+            exchange.down.ended = True
+            self._flushDown(exchange)
+
+    def _originReset(self, event: h2.events.StreamReset) -> None:
+        exchange = self._byOrigin.get(event.stream_id)
+        if exchange is None:
+            return
+        code = event.error_code if event.error_code is not None else E.INTERNAL_ERROR
+        if code == E.NO_ERROR and exchange.down.ended:
+            # RFC 9113 8.1: the response is complete and the origin wants no more of the request.
+            exchange.sink = True
+            exchange.up.drop()
+            self._flushDown(exchange)
+            return
+        self._resetDevice(exchange, code)
+        self._finish(exchange, f"reset by the origin ({_name(code)})")
+
+    def _originWindow(self, event: h2.events.WindowUpdated) -> None:
+        if event.stream_id:
+            exchange = self._byOrigin.get(event.stream_id)
+            if exchange is not None:
+                self._flushUp(exchange)
+        else:
+            self._flushAll(down=False)
+
+    def _originSettings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        self._flushAll(down=False)
+
+    def _originGoaway(self, event: h2.events.ConnectionTerminated) -> None:
+        """The origin processes no stream above ``last_stream_id``: refuse those, finish the rest."""
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        self._originLast = last
+        code = event.error_code if event.error_code is not None else E.NO_ERROR
+        if code != E.NO_ERROR:
+            self._link.note(f"the origin sent GOAWAY ({_name(code)})")
+        for exchange in list(self._byDevice.values()):
+            if exchange.answered:
+                continue
+            if exchange.originId is None or exchange.originId > last:
+                self._resetOrigin(exchange, E.CANCEL)
+                self._resetDevice(exchange, E.REFUSED_STREAM)
+                self._finish(exchange, "refused: the origin sent GOAWAY")
+        self._goingAway("the origin sent GOAWAY")
+
+    def _altsvc(self, event: h2.events.AlternativeServiceAvailable) -> None:
+        value, origin = event.field_value, event.origin
+        if value is not None and self._stripQuic():
+            value = strip_quic(value)
+        if value is not None and origin is not None:
+            self._device.advertise_alternative_service(value, origin=origin)
+
+    # -- streams ------------------------------------------------------------------------------
+
+    def _verdict(self, head: RequestHead) -> RequestVerdict:
+        try:
+            return self._judge(head)
+        except Exception:
+            log.failure("request policy failed on {url}; blocking it", url=head.url)
+            return RequestVerdict("block", "the request policy failed")
+
+    def _answer(self, exchange: Exchange, response: BlockResponse) -> None:
+        """The gateway answers this request itself; its body is acknowledged and dropped."""
+        exchange.answered = exchange.sink = True
+        exchange.record.status = response.status
+        exchange.record.response_content_type = "text/html; charset=utf-8"
+        exchange.record.headers_after = 0.0
+        headOnly = exchange.record.head.method == "HEAD"
+        fields = [(":status", str(response.status)), *response.headers()]
+        self._device.send_headers(exchange.deviceId, fields, end_stream=headOnly)
+        exchange.down.ended = True
+        exchange.down.endSent = headOnly
+        if not headOnly:
+            exchange.down.append(response.body)
+            exchange.record.bytes_down = len(response.body)
+        self._flushDown(exchange)
+
+    def _openWaiting(self) -> None:
+        """Give waiting requests origin streams, as many as the origin allows."""
+        origin, waiting = self._origin, self._waiting
+        while waiting and self._originLast is None and not self._originGone:
+            if origin.open_outbound_streams >= origin.remote_settings.max_concurrent_streams:
+                return
+            exchange = waiting.popleft()
+            headers = exchange.request
+            assert headers is not None
+            exchange.request = None
+            sid = origin.get_next_available_stream_id()
+            up = exchange.up
+            now = up.ended and not up.size and up.trailers is None
+            origin.send_headers(sid, headers, end_stream=now)
+            up.endSent = now
+            exchange.originId = sid
+            self._byOrigin[sid] = exchange
+            self._flushUp(exchange)
+
+    def _flushDown(self, exchange: Exchange) -> None:
+        source = None if exchange.answered or exchange.originId is None else exchange.originId
+        _flush(exchange.down, self._device, exchange.deviceId, self._origin, source)
+        self._checkDone(exchange)
+
+    def _flushUp(self, exchange: Exchange) -> None:
+        if exchange.originId is not None and not exchange.sink:
+            _flush(exchange.up, self._origin, exchange.originId, self._device, exchange.deviceId)
+            self._checkDone(exchange)
+
+    def _flushAll(self, down: bool) -> None:
+        for exchange in list(self._byDevice.values()):
+            if down:
+                self._flushDown(exchange)
+            else:
+                self._flushUp(exchange)
+
+    def _checkDone(self, exchange: Exchange) -> None:
+        """An exchange is over once both ends are passed on (or the request goes nowhere)."""
+        if not exchange.down.endSent or exchange.deviceId not in self._byDevice:
+            return
+        if exchange.up.endSent:
+            self._finish(exchange)
+        elif exchange.sink:
+            if not exchange.up.ended:  # RFC 9113 8.1: answered; the device may stop sending
+                self._resetDevice(exchange, E.NO_ERROR)
+            self._resetOrigin(exchange, E.CANCEL)
+            self._finish(exchange)
+
+    def _resetDevice(self, exchange: Exchange, code: int) -> None:
+        try:
+            self._device.reset_stream(exchange.deviceId, code)
+        except h2.exceptions.ProtocolError:
+            pass  # the stream (or the connection) is closed already
+
+    def _resetOrigin(self, exchange: Exchange, code: int) -> None:
+        sid = exchange.originId
+        if sid is None or self._originGone:
+            return
+        try:
+            self._origin.reset_stream(sid, code)
+        except h2.exceptions.ProtocolError:
+            pass  # the stream (or the connection) is closed already
+
+    def _finish(self, exchange: Exchange, reason: str = "") -> None:
+        """Log the exchange once, forget it, and hand back the windows of what it held."""
+        if self._byDevice.pop(exchange.deviceId, None) is None:
+            return
+        record = exchange.record
+        if reason:
+            record.reason = f"{record.reason}; {reason}" if record.reason else reason
+        if exchange.originId is not None:
+            self._byOrigin.pop(exchange.originId, None)
+            held = exchange.down.drop()
+            if held and not exchange.answered:
+                self._origin.acknowledge_received_data(held, exchange.originId)
+        elif exchange.request is not None:
+            self._waiting.remove(exchange)
+        held = exchange.up.drop()
+        if held:
+            self._device.acknowledge_received_data(held, exchange.deviceId)
+        record.emit(self._clock.seconds())
+
+    # -- the connection's end ----------------------------------------------------------------
+
+    def _goingAway(self, why: str) -> None:
+        """No new streams: tell both sides (GOAWAY), and end once the streams in flight are done."""
+        if self._ending is None:
+            self._ending = why
+        self._send()
+        if self._deviceLast is None:
+            self._deviceLast = self._device.highest_inbound_stream_id
+            self._link.toDevice(goaway_frame(self._deviceLast))
+        if not self._originSentGoaway and not self._originGone:
+            self._originSentGoaway = True
+            self._link.toOrigin(goaway_frame(0))
+        for exchange in list(self._waiting):
+            self._resetDevice(exchange, E.REFUSED_STREAM)
+            self._finish(exchange, f"refused: {why}")
+
+    def _afterEvents(self) -> None:
+        if self._done:
+            return
+        if self._waiting:
+            self._openWaiting()
+        self._send()
+        if self._ending is not None and not self._byDevice:
+            self._done = True
+            self._link.close(self._ending)
+
+    def _abandon(self, reason: str, code: int, failed: bool, deviceWent: bool = False) -> None:
+        """End the connection now: every stream is reset, both sides get GOAWAY."""
+        for exchange in list(self._byDevice.values()):
+            if not deviceWent:
+                self._resetDevice(exchange, code)
+            self._resetOrigin(exchange, E.CANCEL)
+            self._finish(exchange, reason)
+        for connection in (self._device, self._origin):
+            if connection.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+                # (else h2 has sent its GOAWAY for a protocol error already)
+                connection.close_connection(E.NO_ERROR if connection is self._origin else code)
+        self._send()
+        self._done = True
+        if failed:
+            self._link.fail(reason)
+        self._link.close(reason)
+
+    def _send(self) -> None:
+        data = self._device.data_to_send()
+        if data:
+            self._link.toDevice(data)
+        data = self._origin.data_to_send()
+        if data:
+            self._link.toOrigin(data)
+
+
+def _flush(held: Held, to: GracefulH2Connection, toId: int, source: GracefulH2Connection, sourceId: int | None) -> None:
+    """Send what ``to``'s windows take; hand the same amount back to ``source`` (unless None)."""
+    try:
+        while held.size:
+            size = min(held.size, to.local_flow_control_window(toId), to.max_outbound_frame_size)
+            if size <= 0:
+                return
+            data = held.take(size)
+            last = held.ended and not held.size and held.trailers is None
+            to.send_data(toId, data, end_stream=last)
+            held.endSent = last
+            if sourceId is not None:
+                source.acknowledge_received_data(size, sourceId)
+        if held.ended and not held.endSent:
+            if held.trailers is not None:
+                to.send_headers(toId, held.trailers, end_stream=True)
+            else:
+                to.end_stream(toId)
+            held.endSent = True
+    except h2.exceptions.StreamClosedError:  # the receiver's stream is gone: nothing more goes there
+        dropped = held.drop()
+        held.endSent = True
+        if dropped and sourceId is not None:
+            source.acknowledge_received_data(dropped, sourceId)
+
+
+def _withoutQuic(headers: Headers) -> Headers:
+    """``headers`` with QUIC alternatives cut from Alt-Svc (the fields left empty go)."""
+    if not any(name == b"alt-svc" for name, _ in headers):
+        return headers
+    kept: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if name == b"alt-svc":
+            stripped = strip_quic(value)
+            if stripped is not None:
+                kept.append((name, stripped))
+        else:
+            kept.append((name, value))
+    return kept
+
+
+def _name(code: int) -> str:
+    return code.name if isinstance(code, h2.errors.ErrorCodes) else str(code)

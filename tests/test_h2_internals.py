@@ -1,0 +1,55 @@
+"""The private h2 behaviour the HTTP/2 layer changes (etpmitm/gateway/_h2.py) still holds."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+from twisted.trial.unittest import SynchronousTestCase
+
+from etpmitm.gateway._h2 import GracefulH2Connection, goaway_frame
+
+
+def pair() -> tuple[h2.connection.H2Connection, GracefulH2Connection]:
+    """A plain h2 server and a graceful client, connected."""
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client = GracefulH2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    return server, client
+
+
+class GracefulGoawayTests(SynchronousTestCase):
+    def test_streamsGoOnAfterGoaway(self) -> None:
+        server, client = pair()
+        client.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", "a"), (":path", "/")], end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(1, [(":status", "200")])
+        data = server.data_to_send() + goaway_frame(1, h2.errors.ErrorCodes.NO_ERROR)
+        server.send_data(1, b"after the goaway", end_stream=True)
+        events = client.receive_data(data + server.data_to_send())
+        kinds = [type(e) for e in events]
+        self.assertEqual(kinds, [
+            h2.events.ResponseReceived, h2.events.ConnectionTerminated, h2.events.DataReceived, h2.events.StreamEnded,
+        ])
+        terminated = events[1]
+        assert isinstance(terminated, h2.events.ConnectionTerminated)
+        self.assertEqual((terminated.error_code, terminated.last_stream_id), (h2.errors.ErrorCodes.NO_ERROR, 1))
+
+    def test_plainH2StillClosesOnGoaway(self) -> None:
+        """If h2 ever keeps streams after GOAWAY itself, the override can go."""
+        server, _ = pair()
+        plain = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        plain.initiate_connection()
+        plain.receive_data(server.data_to_send() + goaway_frame(0))
+        self.assertIs(plain.state_machine.state, h2.connection.ConnectionState.CLOSED)
+
+    def test_unknownErrorCodeKept(self) -> None:
+        _, client = pair()
+        [event] = client.receive_data(goaway_frame(0, 0xABC))
+        assert isinstance(event, h2.events.ConnectionTerminated)
+        self.assertEqual(event.error_code, 0xABC)
