@@ -530,20 +530,26 @@ def keepalive(bench: Bench, settings: Settings) -> Comparison:
 def bulk(bench: Bench, settings: Settings) -> Comparison:
     """MB/s of a 1 GiB download on one HTTP/1.1 connection (stopped at duration)."""
     samples: dict[str, list[float]] = {"direct": [], "proxied": []}
-    comparison = Comparison("bulk download, 1 connection", "MB/s", 0.0, 0.0, samples=samples)
+    cpu: dict[str, list[float]] = {}
+    comparison = Comparison("bulk download, 1 connection", "MB/s", 0.0, 0.0, samples=samples, cpu=cpu)
     for round_ in range(settings.rounds):
         for target in bench.targets(round_):
             profile = settings.profile is not None and target.name == "proxied" and round_ == settings.rounds - 1
             events_before = bench.audit()
             with profiling(bench, settings, "bulk" if profile else None):
+                before = bench.cpu()
                 out = bench.curl(
                     target, BULK_PATH, "--http1.1", "-w", "%{size_download} %{time_total}",
                     timeout=settings.duration,
                 )
+                after = bench.cpu()
             if target.name == "proxied":
                 settle(0.2)  # the event is logged once both sides closed
                 comparison.check_events(bench.audit() - events_before)
             size, seconds = (float(v) for v in out.split())
+            # "per request" here is per MB: CpuUse.figures divides by the count given.
+            for name, value in before.figures(after, max(1, round(size / MB))).items():
+                cpu.setdefault(f"{target.name}_{name}", []).append(value)
             samples[target.name].append(size / seconds / MB)
             print(f"  bulk {target.name}: {size / MB:.0f} MB in {seconds:.2f}s", flush=True)
     comparison.direct = statistics.median(samples["direct"])
@@ -761,10 +767,16 @@ def fmt(value: float) -> str:
 
 
 def cpu_line(c: Comparison) -> str:
-    """Gateway and origin CPU per request for one wrk comparison."""
+    """Gateway and origin CPU per request (per MB for bulk) for one comparison."""
     def m(name: str) -> float:
         return statistics.median(c.cpu[name])
 
+    if c.unit == "MB/s":
+        return (
+            f"  {c.metric}: gateway {m('proxied_gateway_us_per_request') / 1000:,.2f} ms/MB "
+            f"({m('proxied_gateway_core_share'):.0%} of a core); origin {m('direct_origin_us_per_request') / 1000:,.2f}"
+            f" ms/MB direct, {m('proxied_origin_us_per_request') / 1000:,.2f} ms/MB proxied"
+        )
     return (
         f"  {c.metric}: gateway {m('proxied_gateway_us_per_request'):,.0f} us/req "
         f"({m('proxied_gateway_core_share'):.0%} of a core); origin {m('direct_origin_us_per_request'):,.0f}"
@@ -800,7 +812,7 @@ def table(comparisons: dict[str, Comparison], mem: dict[str, Any]) -> str:
         f"  (+{mem['rss_growth_per_cycle_kib'] / 1024:.1f} MiB per {mem['open_connections']}-connection cycle)",
         f"  slow reader (1 MB/s, 1 GiB file)   {mem['rss_slow_reader_kib'] / 1024:8.1f} MiB",
     ]
-    lines += ["", "CPU per request (median of rounds; core share = CPU seconds / wall seconds)"]
+    lines += ["", "CPU per request, per MB for bulk (median of rounds; core share = CPU seconds / wall seconds)"]
     for c in comparisons.values():
         if c.cpu:
             lines.append(cpu_line(c))
