@@ -2,7 +2,7 @@
 
 Run from the repository root, as root (it builds network namespaces)::
 
-    .venv/bin/python bench/bench.py [--quick] [--json OUT] [--profile DIR] [--workers N|auto] [--learning] [--gateway-arg ARG]
+    .venv/bin/python bench/bench.py [--quick] [--json OUT] [--profile DIR] [--workers N|auto] [--learning] [--inspect on|off] [--gateway-arg ARG]
 
 One namespace lab (tests/lab.py, tests/gatewaylab.py): the client namespace
 runs the load generators, the gateway namespace runs ``twistd -n etpmitm``
@@ -82,7 +82,8 @@ class Settings:
     profile: Path | None = None  # py-spy the gateway's last proxied runs into this directory
     workers: str = "auto"  # the gateway's --workers, as deploy/etpmitm.service runs it
     gateway_args: tuple[str, ...] = ()  # added to the gateway's command line (default: none)
-    learning: bool = False  # keep the gateway's learned bypasses on (see no_learning_policy)
+    learning: bool = False  # keep the gateway's learned bypasses on (see bench_policy)
+    inspect: str | None = None  # "on" or "off": the policy's [inspect] http (default: the gateway's)
 
     @classmethod
     def quick(cls) -> Settings:
@@ -396,20 +397,26 @@ class Bench:
         return done.stdout
 
 
-def no_learning_policy(work: Path) -> list[str]:
-    """Gateway arguments that turn learned bypasses off, if the gateway has them.
+def bench_policy(work: Path, learning: bool, inspect: str | None) -> list[str]:
+    """Gateway arguments for a policy file: no learned bypasses (unless
+    ``learning``) and ``[inspect] http`` as asked, if the gateway has them.
 
     With its default policy the gateway learns to splice an (SNI,
-    destination) after two devices hang up during the handshake.  Load
+    destination) after devices hang up during the handshake.  Load
     generators stopped at a deadline do exactly that, and every later
     "proxied" run would then measure splicing.  Nothing else changes.
     """
     from etpmitm.service import Options
 
-    if "policy" not in Options():
+    text = ""
+    if not learning:
+        text += "[learning]\nenabled = false\n"
+    if inspect is not None:
+        text += f"[inspect]\nhttp = {'true' if inspect == 'on' else 'false'}\n"
+    if not text or "policy" not in Options():
         return []
     policy = work / "bench-policy.toml"
-    policy.write_text("# bench: defaults, but no learned bypasses\n[learning]\nenabled = false\n")
+    policy.write_text("# bench: the gateway's defaults but for these\n" + text)
     return [f"--policy={policy}"]
 
 
@@ -418,7 +425,7 @@ def bench_lab(settings: Settings) -> Iterator[Bench]:
     """Build the lab, start nginx and the gateway, warm both paths.
 
     The gateway runs with its defaults plus settings.gateway_args and, unless
-    settings.learning, a policy without learned bypasses.
+    settings.learning, a policy without learned bypasses (see bench_policy).
     """
     raise_fd_limit()
     env = GatewayLab(dports=[PROXIED_PORT])
@@ -428,7 +435,7 @@ def bench_lab(settings: Settings) -> Iterator[Bench]:
         with hosts_file(env.lab.client):
             origin = start_nginx(env)
             args = [
-                *([] if settings.learning else no_learning_policy(env.lab.workdir)),
+                *bench_policy(env.lab.workdir, settings.learning, settings.inspect),
                 f"--workers={settings.workers}",
                 *settings.gateway_args,
             ]
@@ -868,7 +875,7 @@ def main_bench(args: argparse.Namespace) -> int:
     settings = replace(
         Settings.quick() if args.quick else Settings(),
         profile=args.profile, gateway_args=tuple(args.gateway_arg), learning=args.learning,
-        workers=args.workers,
+        workers=args.workers, inspect=args.inspect,
     )
     command = shlex.join([sys.executable, *sys.argv])
     host = machine()
@@ -947,6 +954,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--workers", default="auto",
         help="the gateway's --workers (default auto, as the systemd unit runs it; 1: one process)",
+    )
+    parser.add_argument(
+        "--inspect", choices=("on", "off"),
+        help="the policy's [inspect] http: HTTP inspection on or off (default: the gateway's default)",
     )
     parser.add_argument(
         "--learning", action="store_true",
