@@ -31,7 +31,7 @@ Judge = Callable[[RequestHead], RequestVerdict]
 UNKNOWN = RequestHead(method="?", authority="", path="")
 """The head of a request refused before its head could be parsed."""
 
-_CLOSED_EARLY = "peer unexpectedly closed connection"
+_CLOSED_EARLY = ("peer unexpectedly closed connection", "peer closed connection without sending complete message body")
 _H11_REASONS = {"Receive buffer too long": f"header block over {MAX_HEAD // 1024} KiB"}
 
 
@@ -54,6 +54,8 @@ class Exchange:
     bytes_down: int = 0
     upgrade: str | None = None
     chunked: bool = False
+    framing: bytes = b""
+    """Chunked-body bytes since the last data (size lines, CRLFs, trailers), to check."""
     announced: bool = False
     """Whether :class:`Began` was returned for it."""
     request_done: bool = False
@@ -228,7 +230,7 @@ class HTTP1Observer:
     def _pumpDevice(self) -> bool:
         """Read requests; True if anything happened."""
         moved = False
-        while self.mode == "http":
+        while self.mode == "http" and self._up.their_state is not h11.ERROR:
             try:
                 event = self._up.next_event()
             except h11.RemoteProtocolError as e:
@@ -237,7 +239,9 @@ class HTTP1Observer:
             used = len(self._fromDevice) - _unread(self._up)
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 if used and self._up.their_state is h11.SEND_BODY:
-                    self._requestBytes(self._cut(self._fromDevice, used))
+                    raw = self._cut(self._fromDevice, used)
+                    self._exchange().framing += raw
+                    self._requestBytes(raw)
                 return moved
             if isinstance(event, h11.ConnectionClosed):
                 self._endOrigin(self._out)  # passing the end on once
@@ -255,7 +259,7 @@ class HTTP1Observer:
     def _pumpOrigin(self) -> bool:
         """Read responses; True if anything happened."""
         moved = False
-        while self.mode == "http":
+        while self.mode == "http" and self._down.their_state is not h11.ERROR:
             try:
                 event = self._down.next_event()
             except h11.RemoteProtocolError as e:
@@ -312,16 +316,18 @@ class HTTP1Observer:
 
     def _requestData(self, event: h11.Data, raw: bytes) -> None:
         ex = self._exchange()
-        if event.chunk_start and (problem := check_chunk(raw)):
-            self._refuse(ex, 400, problem)
-            return
+        if ex.chunked:
+            framing, ex.framing = ex.framing + raw[: len(raw) - len(event.data)], b""
+            if framing.strip(b"\r\n") and (problem := check_chunk(framing)):
+                self._refuse(ex, 400, problem)
+                return
         if ex.action == "allow":
             self._down.send_with_data_passthrough(event)
         self._requestBytes(raw)
 
     def _requestEnd(self, event: h11.EndOfMessage, raw: bytes) -> None:
         ex = self._exchange()
-        if ex.chunked and (problem := check_last_chunk(raw)):
+        if ex.chunked and (problem := check_last_chunk(ex.framing + raw)):
             self._refuse(ex, 400, problem)
             return
         if ex.action == "allow":
@@ -338,7 +344,7 @@ class HTTP1Observer:
 
     def _deviceBroke(self, reason: str) -> None:
         ex = self._current
-        if self._deviceEOF and reason == _CLOSED_EARLY:
+        if self._deviceEOF and reason.startswith(_CLOSED_EARLY):
             self._endOrigin(self._out)  # the device ended mid-request: pass its end on
             return
         if ex is None or ex.request_done:
@@ -390,7 +396,7 @@ class HTTP1Observer:
 
     def _originBroke(self, reason: str) -> None:
         ex = self._current
-        if self._originEOF and reason == _CLOSED_EARLY:
+        if self._originEOF and reason.startswith(_CLOSED_EARLY):
             self._endDevice(self._out)  # the origin ended mid-response: the device sees it end so
             return
         why = f"the origin sent malformed HTTP/1.1: {reason}"
@@ -413,6 +419,7 @@ class HTTP1Observer:
         """A request the origin must not see: answer (unless a response already started) and close."""
         ex.action, ex.reason = "refuse", reason
         self._began(ex)
+        self._withhold(ex)
         if ex.bytes_down:
             ex.request_done = ex.response_done = True
             self._out.append(Finished(ex))
@@ -487,6 +494,13 @@ class HTTP1Observer:
         self._out.append(Close(reason, error))
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _withhold(self, ex: Exchange) -> None:
+        """Take back what of ``ex`` was not handed out yet: a request refused in
+        the bytes that brought its head never reaches the origin at all."""
+        out = self._out
+        start = next((i for i, a in enumerate(out) if isinstance(a, Began) and a.exchange is ex), 0)
+        self._out = out[:start] + [a for a in out[start:] if not isinstance(a, ToOrigin)]
 
     def _began(self, ex: Exchange) -> None:
         if not ex.announced:
