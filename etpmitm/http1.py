@@ -11,7 +11,10 @@ another way are refused (:mod:`etpmitm.http1guard`).
 
 h11 handles one exchange at a time: a pipelined request waits, unparsed,
 until the response before it has ended (:attr:`HTTP1Observer.holding` says
-when the device should not be read).
+when the device should not be read).  A request refused in the read that
+brought its head is withheld whole; one refused later in its body (a bad
+chunk size) has had its earlier bytes forwarded, never the bad ones, and the
+connection is closed.
 """
 
 from __future__ import annotations
@@ -148,6 +151,8 @@ class HTTP1Observer:
         self._originEOF = False
         self._endedOrigin = False
         self._endedDevice = False
+        self._cycled = False
+        """An exchange ended and the next may start: held bytes can be parsed."""
 
     # -- what the layer asks ------------------------------------------------------------
 
@@ -178,7 +183,7 @@ class HTTP1Observer:
             return []
         self._fromDevice += data
         self._up.receive_data(data)
-        return self._run()
+        return self._run(self._pumpDevice)
 
     def origin(self, data: bytes) -> list[Action]:
         """Bytes from the origin."""
@@ -189,7 +194,7 @@ class HTTP1Observer:
             return []
         self._fromOrigin += data
         self._down.receive_data(data)
-        return self._run()
+        return self._run(self._pumpOrigin)
 
     def device_ended(self) -> list[Action]:
         """The device's stream ended."""
@@ -201,7 +206,7 @@ class HTTP1Observer:
         if self.mode == "done":
             return []
         self._up.receive_data(b"")
-        return self._run()
+        return self._run(self._pumpDevice)
 
     def origin_ended(self) -> list[Action]:
         """The origin's stream ended."""
@@ -213,15 +218,20 @@ class HTTP1Observer:
         if self.mode == "done":
             return []
         self._down.receive_data(b"")
-        return self._run()
+        return self._run(self._pumpOrigin)
 
     # -- the two parsers ---------------------------------------------------------------------
 
-    def _run(self) -> list[Action]:
+    def _run(self, first: Callable[[], bool]) -> list[Action]:
+        """Parse what ``first`` can; then both sides while either makes progress,
+        if anything waits (bytes held, or an end behind a finished exchange)."""
         self._out = []
+        self._cycled = False
         try:
-            while self.mode == "http" and (self._pumpDevice() | self._pumpOrigin()):
-                pass
+            first()
+            if self._fromDevice or self._fromOrigin or (self._cycled and (self._deviceEOF or self._originEOF)):
+                while self.mode == "http" and (self._pumpDevice() | self._pumpOrigin()):
+                    pass
         except h11.LocalProtocolError as e:  # a mirrored event h11 will not take
             self._close(f"HTTP/1.1 framing failed: {e}", error=True)
         out, self._out = self._out, []
@@ -464,6 +474,7 @@ class HTTP1Observer:
             self._endBoth()  # no keep-alive: that was the last exchange
             return
         up.start_next_cycle()
+        self._cycled = True
         if ex.action == "allow":
             if down.states != {h11.CLIENT: h11.DONE, h11.SERVER: h11.DONE}:
                 self._endBoth()
