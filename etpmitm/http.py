@@ -8,7 +8,7 @@ connection's audit event by ``connection``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import attrs
 from twisted.logger import Logger
@@ -49,6 +49,14 @@ class RequestVerdict:
 
 
 ALLOW = RequestVerdict("allow", "no request rule matched")
+
+Judge = Callable[[RequestHead], RequestVerdict]
+"""Rules on one request before the origin sees it (the connection binds the policy in force)."""
+
+
+def allow_all(head: RequestHead) -> RequestVerdict:
+    """The judge that allows everything (inspection without request rules)."""
+    return ALLOW
 
 
 @attrs.define

@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 from typing import Any, Callable, cast
 
+import attrs
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
@@ -28,6 +29,7 @@ from etpmitm.ca.ownroot import init_own_root
 from etpmitm.ca.untrusted import load_or_create_untrusted_ca
 from etpmitm.defaults import DEFAULT_BACKLOG, DEFAULT_POLICY_FILE, data_directory, default_ca_directory, default_listen, default_policy_file
 from etpmitm.gateway.device import CachedLeafContexts
+from etpmitm.gateway.inspect import inspectingLayer
 from etpmitm.gateway.intake import IntakeFactory
 from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.gateway.settings import GatewaySettings
@@ -274,6 +276,7 @@ def makeService(options: Options) -> IService:
         shareLearned=_shareLearned(link),
         admission=_admission(options),
     )
+    settings = attrs.evolve(settings, layerFor=inspectingLayer(settings))
     factory = IntakeFactory(settings)
     top = GatewayService(policy, link)
     if link is not None:

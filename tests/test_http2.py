@@ -39,7 +39,7 @@ class H2TestCase(CoreTestCase):
         self.layers: list[HTTP2Layer] = []
         self.settings = attrs.evolve(self.settings, layerFor=self.layerFor)
 
-    def layerFor(self, record: ConnectionRecord) -> HTTP2Layer:
+    def layerFor(self, record: ConnectionRecord, judge: Any = None) -> HTTP2Layer:
         layer = http2Layer(self.settings, record, judge=self.judge)
         assert isinstance(layer, HTTP2Layer)
         self.layers.append(layer)
@@ -410,7 +410,7 @@ class VerdictTests(H2TestCase):
 class AltSvcTests(H2TestCase):
     stripQuic = True
 
-    def layerFor(self, record: ConnectionRecord) -> HTTP2Layer:
+    def layerFor(self, record: ConnectionRecord, judge: Any = None) -> HTTP2Layer:
         layer = HTTP2Layer(record.id, self.reactor, stripQuic=lambda: self.stripQuic)
         self.layers.append(layer)
         return layer

@@ -58,6 +58,7 @@ from etpmitm.gateway.origin import (
     sslReason,
 )
 from etpmitm.gateway.refuse import ACCESS_DENIED, blockPageServer
+from etpmitm.http import RequestHead, RequestVerdict
 from etpmitm.gateway.settings import GatewaySettings, LeafContexts
 from etpmitm.learning import Key, Learned, bypass_key
 from etpmitm.mint import LeafName, name_text, origin_names
@@ -480,11 +481,18 @@ class Connection:
         device, origin = self._deviceSide, self._originSide
         assert device is not None and origin is not None
         self._go(S.RELAYING)
-        layer = OpaqueRelay() if self.record.action == "splice" else self.settings.layerFor(self.record)
+        layer = OpaqueRelay() if self.record.action == "splice" else self.settings.layerFor(self.record, self._judge)
         self._pipe = Pipe(self, device, origin, layer, self.settings.clock)
         self._pipe.start()
         if self.state is S.RELAYING:
             self._restartTimer(self.settings.idleTimeout)
+
+    def _judge(self, head: RequestHead) -> RequestVerdict:
+        """What the policy in force says of one request on this connection."""
+        dst = self._destination()
+        return self.settings.policy.current.decide_request(
+            head, sni=self.record.sni, destination=dst.ip, port=dst.port, client=self.client
+        )
 
     def _idleCheck(self) -> None:
         assert self._pipe is not None

@@ -42,7 +42,7 @@ from etpmitm.altsvc import strip_quic
 from etpmitm.blockpage import BlockResponse
 from etpmitm.gateway._h2 import GracefulH2Connection, goaway_frame
 from etpmitm.gateway.h2exchange import Exchange, Headers, Held, request_head, response_facts
-from etpmitm.http import ALLOW, RequestHead, RequestRecord, RequestVerdict
+from etpmitm.http import Judge, RequestHead, RequestRecord, RequestVerdict, allow_all
 from etpmitm.interfaces import ILayer, ILayerLink
 
 if TYPE_CHECKING:
@@ -69,17 +69,10 @@ def _config(client: bool) -> h2.config.H2Configuration:
 
 
 E = h2.errors.ErrorCodes
-Judge = Callable[[RequestHead], RequestVerdict]
-
-
-def allowAll(head: RequestHead) -> RequestVerdict:
-    return ALLOW
-
-
-def http2Layer(settings: GatewaySettings, record: ConnectionRecord, judge: Judge = allowAll) -> ILayer:
+def http2Layer(settings: GatewaySettings, record: ConnectionRecord, judge: Judge = allow_all) -> ILayer:
     """The HTTP/2 layer for one connection (ALPN ``h2``); Alt-Svc follows the policy in force."""
     return HTTP2Layer(
-        record.id, settings.clock, judge, stripQuic=lambda: bool(getattr(settings.policy.current, "strip_quic", True))
+        record.id, settings.clock, judge, stripQuic=lambda: settings.policy.current.strip_quic
     )
 
 
@@ -90,7 +83,7 @@ class HTTP2Layer:
     name = "h2"
 
     def __init__(
-        self, connection: str, clock: IReactorTime, judge: Judge = allowAll, stripQuic: Callable[[], bool] = lambda: True
+        self, connection: str, clock: IReactorTime, judge: Judge = allow_all, stripQuic: Callable[[], bool] = lambda: True
     ) -> None:
         self._connectionId = connection
         self._clock = clock

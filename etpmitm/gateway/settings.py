@@ -16,6 +16,7 @@ from etpmitm.addresses import IPAddress
 from etpmitm.gateway.origdst import Destination, LocalAddresses, transportDestination
 from etpmitm.gateway.origin import RELAY_BUFFER, OriginCertificates, OriginSessions
 from etpmitm.gateway.policyholder import PolicyHolder
+from etpmitm.http import Judge
 from etpmitm.interfaces import ILayer
 from etpmitm.lru import LRUCache
 from etpmitm.learning import Learned
@@ -29,7 +30,7 @@ class LeafContexts(Protocol):
         ...
 
 
-def opaqueLayer(record: ConnectionRecord) -> ILayer:
+def opaqueLayer(record: ConnectionRecord, judge: Judge) -> ILayer:
     """The default layer: relay the decrypted bytes unchanged."""
     return OpaqueRelay()
 
@@ -51,9 +52,10 @@ class GatewaySettings:
     idleTimeout: float = 300.0
     relayBuffer: int = RELAY_BUFFER
     """Bytes buffered towards a side before its peer stops being read (``--relay-buffer``)."""
-    layerFor: Callable[[ConnectionRecord], ILayer] = opaqueLayer
+    layerFor: Callable[[ConnectionRecord, Judge], ILayer] = opaqueLayer
     """The layer for an intercepted connection, once both handshakes are done
-    (the record says what was negotiated: ``alpn``, ``sni``)."""
+    (the record says what was negotiated: ``alpn``, ``sni``), with the
+    connection's judge of each request."""
     originalDestination: Callable[[object], Destination] = transportDestination
     isLocal: Callable[[IPAddress], bool] = attrs.Factory(LocalAddresses)
     """Whether an address is the gateway's own (connections to it are refused)."""
