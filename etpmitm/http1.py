@@ -127,6 +127,13 @@ Mode = Literal["http", "opaque", "done"]
 def _mirror(connection: h11.Connection, event: Any) -> None:
     """``connection.send(event)``; h11 0.16 raises KeyError/AttributeError instead of
     LocalProtocolError for some transitions it does not allow (found by fuzzing)."""
+    if isinstance(event, h11.Response) and event.http_version != b"1.1":
+        # h11 only sends HTTP/1.1: mirror an HTTP/1.0 response as the 1.1 one
+        # that frames the same way (closing after it unless it keeps alive).
+        headers = list(event.headers)
+        if not any(name == b"connection" and b"keep-alive" in value.lower() for name, value in headers):
+            headers.append((b"connection", b"close"))
+        event = h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
     try:
         connection.send(event)
     except (KeyError, AttributeError) as e:

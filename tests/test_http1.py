@@ -312,3 +312,15 @@ class FuzzTests(SynchronousTestCase):
                     self.assertIsNotNone(action.exchange.status)
         # The origin gets device bytes in order, some left out, nothing added.
         self.assertTrue(is_subsequence(forwarded_up, sent_up))
+
+
+class HTTP10OriginTests(SynchronousTestCase):
+    def test_anHTTP10ResponseDelimitedByClose(self) -> None:
+        """openssl s_server -www answers HTTP/1.0 and closes: passed on as received."""
+        observer = HTTP1Observer(judge)
+        request = b"GET / HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n"
+        response = b"HTTP/1.0 200 ok\r\nContent-type: text/html\r\n\r\n<pre>s_server -www</pre>"
+        out = observer.device(request) + observer.origin(response) + observer.origin_ended()
+        self.assertEqual(b"".join(a.data for a in out if isinstance(a, ToDevice)), response)
+        self.assertEqual(b"".join(a.data for a in out if isinstance(a, ToOrigin)), request)
+        self.assertFalse([a for a in out if isinstance(a, Close) and a.error], out)

@@ -23,8 +23,8 @@ from tests.lab import Lab, lab_unavailable
 from tests.test_workers_e2e import live_children, wait_until
 
 ORIGIN, ORIGIN6 = Lab.origin_ip, Lab.origin_ip6
-GOOD, LIMITED, SINGLE = 443, 4443, 4444
-SINGLE_PORT, LIMITED_PORT = 9445, 9446
+GOOD, LIMITED, SINGLE, POOLED = 443, 4443, 4444, 4445
+SINGLE_PORT, LIMITED_PORT, POOLED_PORT = 9445, 9446, 9447
 FD_LIMIT = 100
 HOLDER = """
 import socket, sys, time
@@ -43,7 +43,7 @@ def build_lab() -> GatewayLab:
     env = GatewayLab(dports=[GOOD])
     try:
         env.lab.gateway.run(["sysctl", "-q", "-w", "net.core.somaxconn=4096"])  # as deploy/sysctl.conf
-        for dport, port in ((LIMITED, LIMITED_PORT), (SINGLE, SINGLE_PORT)):
+        for dport, port in ((LIMITED, LIMITED_PORT), (SINGLE, SINGLE_PORT), (POOLED, POOLED_PORT)):
             env.lab.gateway.run(["iptables", "-t", "nat", "-I", "PREROUTING", "-i", Lab.lan_if, "-p", "tcp",
                                  "--dport", str(dport), "-j", "REDIRECT", "--to-ports", str(port)])
         public = env.public
@@ -97,12 +97,22 @@ class ListenTests(TestCase):
         self.assertEqual(listen_backlogs(self.env.lab.gateway, 8443), [4096] * (os.cpu_count() or 1))
 
     def test_burstOverflowsNoQueueWithWorkers(self) -> None:
+        """The accept queues alone: a gateway with workers and admission off (one client's
+        2,000 connects in a burst are past --max-client-rate, which resets them on purpose)."""
+        self.second(POOLED_PORT, "--workers", "2", "--max-client-rate=0")
+        self.assertEqual(listen_backlogs(self.env.lab.gateway, POOLED_PORT), [4096, 4096])
+        before = listen_overflows(self.env.lab.gateway)
+        result = burst(self.env.lab.client, ORIGIN, POOLED, 2000)
+        self.assertEqual((result["connected"], listen_overflows(self.env.lab.gateway) - before), (2000, 0), result)
+
+    def test_unitRefusesABurstPastItsRateAndServesAfter(self) -> None:
+        """With the unit's defaults the same burst is cut by the per-client rate, at once
+        (no queue overflows); the client is served again once its bucket refills."""
         before = listen_overflows(self.env.lab.gateway)
         result = burst(self.env.lab.client, ORIGIN, GOOD, 2000)
-        self.assertEqual((result["connected"], listen_overflows(self.env.lab.gateway) - before), (2000, 0), result)
-        # The burst spent this client's admission bucket (--max-client-rate, default 200/s in
-        # bursts of 400 per worker): the next connection waits until it has refilled.
-        time.sleep(2.5)
+        self.assertEqual((result["pending"], result["delayed_1s"], listen_overflows(self.env.lab.gateway) - before),
+                         (0, 0, 0), result)
+        time.sleep(2.5)  # the bucket (200/s in bursts of 400 per worker) refills
         self.assertEqual(self.fetch(ORIGIN), "origin ok")
 
     def test_withoutWorkers(self) -> None:
