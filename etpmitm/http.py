@@ -33,6 +33,8 @@ class RequestHead:
     user_agent: str | None = None
     content_type: str | None = None
     content_length: int | None = None
+    query: str | None = None
+    """The query string, if any; audited only with ``[audit] query = true``."""
 
     @property
     def url(self) -> str:
@@ -82,12 +84,20 @@ class RequestRecord:
     duration: float = 0.0
     upgrade: str | None = None
     """The protocol switched to after a 101 (``websocket``), if any."""
+    log_query: bool = False
+    """Whether the audit event keeps the query string (``[audit] query``)."""
     _emitted: bool = False
 
     def fields(self) -> dict[str, Any]:
         """The event's fields, JSON-ready."""
-        fields = {a.name: getattr(self, a.name) for a in attrs.fields(RequestRecord) if not a.name.startswith("_")}
+        fields = {
+            a.name: getattr(self, a.name)
+            for a in attrs.fields(RequestRecord)
+            if not a.name.startswith("_") and a.name != "log_query"
+        }
         fields["head"] = attrs.asdict(self.head)
+        if not self.log_query:
+            del fields["head"]["query"]
         return fields
 
     def emit(self, now: float) -> None:

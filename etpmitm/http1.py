@@ -578,6 +578,7 @@ def request_head(event: h11.Request) -> RequestHead:
         authority=_authority(host),
         path=path,
         query_length=query_length,
+        query=target.partition("?")[2] if "?" in target else None,
         user_agent=_header(event.headers, b"user-agent"),
         content_type=_header(event.headers, b"content-type"),
         content_length=int(length) if length is not None and length.isdigit() else None,

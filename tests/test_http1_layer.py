@@ -310,3 +310,31 @@ class PolicyRulesTests(CoreTestCase):
         device.tls.write(post)
         self.net.flush()
         self.assertEqual(origin.received, post)
+
+
+class AuditQueryTests(CoreTestCase):
+    """[audit] query: the query string is audited only when the policy says so."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.settings = attrs.evolve(self.settings, layerFor=inspectingLayer(self.settings))
+
+    def requestHead(self) -> dict[str, Any]:
+        device = self.connectDevice()
+        origin = self.acceptTLS()
+        device.tls.write(GET)
+        self.net.flush()
+        origin.tls.write(OK)
+        self.net.flush()
+        [event] = [e for e in self.events if e.get("log_namespace") == "etpmitm.audit.request"]
+        head: dict[str, Any] = event["head"]
+        return head
+
+    def test_queryLeftOutByDefault(self) -> None:
+        head = self.requestHead()
+        self.assertEqual((head["path"], head["query_length"]), ("/a", 8))
+        self.assertNotIn("query", head)
+
+    def test_queryKeptWhenAsked(self) -> None:
+        self.policy.current = parse_policy("[audit]\nquery = true\n")
+        self.assertEqual(self.requestHead()["query"], "secret=1")

@@ -117,6 +117,7 @@ def request_head(headers: Headers) -> RequestHead:
         authority=authority.decode("latin-1"),
         path=target.decode("latin-1"),
         query_length=len(query) if question else 0,
+        query=query.decode("latin-1") if question else None,
         user_agent=_text(user_agent),
         content_type=_text(content_type),
         content_length=int(content_length) if content_length is not None and content_length.isdigit() else None,

@@ -8,6 +8,8 @@ when the connection does).
 
 from __future__ import annotations
 
+from typing import Callable
+
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -45,9 +47,11 @@ class HTTP1Layer:
         *,
         maxHeaders: int = MAX_HEADERS,
         stripAltSvc: bool = True,
+        keepQuery: Callable[[], bool] = lambda: False,
     ) -> None:
         self._connection = record
         self._clock = clock
+        self._keepQuery = keepQuery
         self._observer = HTTP1Observer(judge, max_headers=maxHeaders, strip_alt_svc=stripAltSvc)
         self._records: dict[int, RequestRecord] = {}
         self._paused = False
@@ -125,6 +129,7 @@ class HTTP1Layer:
             protocol="http/1.1",
             head=exchange.head,
             started=self._clock.seconds(),
+            log_query=self._keepQuery(),
         )
 
     def _finished(self, exchange: Exchange) -> None:

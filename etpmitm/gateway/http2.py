@@ -72,7 +72,8 @@ E = h2.errors.ErrorCodes
 def http2Layer(settings: GatewaySettings, record: ConnectionRecord, judge: Judge = allow_all) -> ILayer:
     """The HTTP/2 layer for one connection (ALPN ``h2``); Alt-Svc follows the policy in force."""
     return HTTP2Layer(
-        record.id, settings.clock, judge, stripQuic=lambda: settings.policy.current.strip_quic
+        record.id, settings.clock, judge, stripQuic=lambda: settings.policy.current.strip_quic,
+        keepQuery=lambda: settings.policy.current.audit_query,
     )
 
 
@@ -83,9 +84,11 @@ class HTTP2Layer:
     name = "h2"
 
     def __init__(
-        self, connection: str, clock: IReactorTime, judge: Judge = allow_all, stripQuic: Callable[[], bool] = lambda: True
+        self, connection: str, clock: IReactorTime, judge: Judge = allow_all, stripQuic: Callable[[], bool] = lambda: True,
+        keepQuery: Callable[[], bool] = lambda: False,
     ) -> None:
         self._connectionId = connection
+        self._keepQuery = keepQuery
         self._clock = clock
         self._judge = judge
         self._stripQuic = stripQuic
@@ -224,7 +227,7 @@ class HTTP2Layer:
         headers = cast(Headers, event.headers)
         sid = event.stream_id
         head = request_head(headers)
-        record = RequestRecord(self._connectionId, sid, "h2", head, self._clock.seconds())
+        record = RequestRecord(self._connectionId, sid, "h2", head, self._clock.seconds(), log_query=self._keepQuery())
         exchange = Exchange(sid, record)
         exchange.up.ended = event.stream_ended is not None
         self._byDevice[sid] = exchange

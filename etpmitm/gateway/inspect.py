@@ -45,7 +45,10 @@ def inspectingLayer(
         rule = judge or connectionJudge
 
         def http1() -> ILayer:
-            return HTTP1Layer(record, settings.clock, rule, maxHeaders=policy.max_headers, stripAltSvc=policy.strip_quic)
+            return HTTP1Layer(
+                record, settings.clock, rule, maxHeaders=policy.max_headers, stripAltSvc=policy.strip_quic,
+                keepQuery=lambda: settings.policy.current.audit_query,
+            )
 
         if record.alpn == "h2":
             return http2Layer(settings, record, rule)
