@@ -338,3 +338,23 @@ class AuditQueryTests(CoreTestCase):
     def test_queryKeptWhenAsked(self) -> None:
         self.policy.current = parse_policy("[audit]\nquery = true\n")
         self.assertEqual(self.requestHead()["query"], "secret=1")
+
+
+class ConnectionBytesTests(CoreTestCase):
+    def test_aBlockPageCountsAsBytesToTheDevice(self) -> None:
+        """The connection's bytes are what the device sent and what it got, answers included."""
+        self.policy.current = parse_policy('[[rule]]\nurls = ["origin.test/x"]\naction = "block"\n')
+        self.settings = attrs.evolve(self.settings, layerFor=inspectingLayer(self.settings))
+        device = self.connectDevice()
+        origin = self.acceptTLS()
+        request = b"GET /x HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+        device.tls.write(request)
+        self.net.flush()
+        page = len(device.received)
+        self.assertGreater(page, 0)
+        device.tls.loseWriteConnection()
+        self.net.flush()
+        origin.tls.loseWriteConnection()
+        self.net.flush()
+        event = self.assertDone("intercept", "ok")
+        self.assertEqual((event["bytes_up"], event["bytes_down"]), (len(request), page))

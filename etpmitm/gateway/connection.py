@@ -585,7 +585,7 @@ class Connection:
         """Close the books: byte counts, the relay's verdict, the one audit event."""
         record, pipe = self.record, self._pipe
         if pipe is not None:
-            record.bytes_up, record.bytes_down = pipe.device.received, pipe.origin.received
+            record.bytes_up, record.bytes_down = pipe.device.received, pipe.sentToDevice
             if pipe.error is not None:
                 record.fail(pipe.error)
             elif pipe.remark is not None and not record.reason:

@@ -98,6 +98,8 @@ class Pipe:
         self._owner = owner
         self._clock = clock
         self.lastActivity = clock.seconds()
+        self.sentToDevice = 0
+        """Bytes the layer sent the device (passed on, or its own answers)."""
         self.error: str | None = None
         self.remark: str | None = None
         """Worth auditing, but not an error (the first one is kept)."""
@@ -181,6 +183,7 @@ class Pipe:
 
     def toDevice(self, data: bytes) -> None:
         if self.device.connected:
+            self.sentToDevice += len(data)
             writeNow(self.device.transport, data)
 
     def endToOrigin(self, clean: bool = True) -> None:
