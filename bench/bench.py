@@ -522,6 +522,42 @@ def compare_wrk(bench: Bench, settings: Settings, key: str, metric: str, *header
     return comparison
 
 
+H2LOAD_RATE = re.compile(r"finished in [\d.]+\w*, ([\d.]+) req/s")
+H2LOAD_DONE = re.compile(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored")
+
+
+def h2load(bench: Bench, settings: Settings) -> Comparison:
+    """HTTP/2 requests per second: h2load, 4 connections, 10 streams each (the issue's load)."""
+    samples: dict[str, list[float]] = {"direct": [], "proxied": []}
+    cpu: dict[str, list[float]] = {}
+    comparison = Comparison("HTTP/2 requests/s (h2load -c4 -m10)", "req/s", 0.0, 0.0, samples=samples, cpu=cpu)
+    for round_ in range(settings.rounds):
+        for target in bench.targets(round_):
+            events_before = bench.audit()
+            before = bench.cpu()
+            done = bench.client.run(
+                ["h2load", "-c4", "-m10", "-D", str(settings.duration), target.url(SMALL_PATH)],
+                timeout=settings.duration + 60,
+            )
+            after = bench.cpu()
+            rate, counts = H2LOAD_RATE.search(done.stdout), H2LOAD_DONE.search(done.stdout)
+            if rate is None or counts is None:
+                raise RuntimeError(f"h2load printed no rate:\n{done.stdout}\n{done.stderr}")
+            succeeded, failed, errored = int(counts.group(3)), int(counts.group(4)), int(counts.group(5))
+            if target.name == "proxied":
+                settle(0.2)
+                comparison.check_events(bench.audit() - events_before)
+            if failed or errored:
+                comparison.notes.append(f"{target.name} round {round_}: h2load failed {failed}, errored {errored}")
+            samples[target.name].append(float(rate.group(1)))
+            for name, value in before.figures(after, succeeded).items():
+                cpu.setdefault(f"{target.name}_{name}", []).append(value)
+            print(f"  h2load {target.name}: {float(rate.group(1)):.1f}/s", flush=True)
+    comparison.direct = statistics.median(samples["direct"])
+    comparison.proxied = statistics.median(samples["proxied"])
+    return comparison
+
+
 def new_connections(bench: Bench, settings: Settings) -> Comparison:
     """New TLS connections per second: one request per connection."""
     result = compare_wrk(bench, settings, "new_connections", "new TLS connections/s", "Connection: close")
@@ -767,6 +803,8 @@ def judge(comparisons: dict[str, Comparison]) -> None:
     c = comparisons["ttfb_p50"]
     c.target, c.met = "<= direct + 5 ms", c.proxied - c.direct <= 5.0
     comparisons["ttfb_p99"].target = "(none)"
+    c = comparisons["h2load"]
+    c.target, c.met = "proxied >= 10,000 req/s", c.proxied >= 10_000
 
 
 def fmt(value: float) -> str:
@@ -840,6 +878,7 @@ def run(settings: Settings) -> tuple[dict[str, Comparison], dict[str, Any]]:
         idle_start = bench.rss()
         steps: list[tuple[str, Callable[[Bench, Settings], Comparison]]] = [
             ("new_connections", new_connections), ("keepalive", keepalive), ("bulk", bulk),
+            ("h2load", h2load),
         ]
         comparisons: dict[str, Comparison] = {}
         for key, step in steps:
