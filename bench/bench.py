@@ -398,8 +398,9 @@ class Bench:
 
 
 def bench_policy(work: Path, learning: bool, inspect: str | None) -> list[str]:
-    """Gateway arguments for a policy file: no learned bypasses (unless
-    ``learning``) and ``[inspect] http`` as asked, if the gateway has them.
+    """Gateway arguments: a policy file with no learned bypasses (unless
+    ``learning``) and ``[inspect] http`` as asked, and no per-client
+    admission limits, as far as the gateway has them.
 
     With its default policy the gateway learns to splice an (SNI,
     destination) after devices hang up during the handshake.  Load
@@ -413,11 +414,16 @@ def bench_policy(work: Path, learning: bool, inspect: str | None) -> list[str]:
         text += "[learning]\nenabled = false\n"
     if inspect is not None:
         text += f"[inspect]\nhttp = {'true' if inspect == 'on' else 'false'}\n"
-    if not text or "policy" not in Options():
-        return []
+    options = Options()
+    # The load generator is one address standing for many devices: per-client
+    # admission limits would measure the limiter (their defaults cut a burst of
+    # 1,000 connections from one address).
+    admission = ["--max-client-rate=0", "--max-client-connections=0"] if "max-client-rate" in options else []
+    if not text or "policy" not in options:
+        return admission
     policy = work / "bench-policy.toml"
     policy.write_text("# bench: the gateway's defaults but for these\n" + text)
-    return [f"--policy={policy}"]
+    return [f"--policy={policy}", *admission]
 
 
 @contextmanager
