@@ -15,7 +15,10 @@ class RequestHeadTests(SynchronousTestCase):
             (b":path", b"/api/upload?token=secret&x=1"), (b"user-agent", b"curl/8"),
             (b"content-type", b"application/json"), (b"content-length", b"12"),
         ])
-        self.assertEqual(head, RequestHead("POST", "www.example.com", "/api/upload", 16, "curl/8", "application/json", 12))
+        self.assertEqual(
+            head,
+            RequestHead("POST", "www.example.com", "/api/upload", 16, "curl/8", "application/json", 12, "token=secret&x=1"),
+        )
 
     def test_hostWithoutAuthorityAndOtherPort(self) -> None:
         head = request_head([(b":method", b"GET"), (b":path", b"/"), (b"host", b"example.com:8443")])
