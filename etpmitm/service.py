@@ -353,7 +353,7 @@ def _logStart(options: Options, directory: Path, ca: CertificateAuthority, bundl
         log.warn("etpmitm: {note}", note=options["listen-note"])
     for port in _listenPorts(options["listen"]):
         log.info(
-            "Send traffic here with: iptables -t nat -A PREROUTING -i <lan-if> -p tcp --dport 443 "
+            "Send traffic here with: iptables -t nat -A PREROUTING -i <lan-if> -p tcp --dport 443 -m addrtype ! --dst-type LOCAL "
             "-j REDIRECT --to-ports {port} (and ip6tables; or deploy/iptables.sh --lan-if <lan-if> --port {port})",
             port=port,
         )
