@@ -31,7 +31,7 @@ which everything still open is reset, so no socket is left behind).
 from __future__ import annotations
 
 import enum
-from typing import Literal, Protocol as TypingProtocol
+from typing import Any, Literal, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -136,7 +136,7 @@ class Connection:
         self._timer: IDelayedCall | None = None
         self._open: set[object] = {device}
         """The device socket and origin sides not yet lost: DONE waits for them."""
-        self._connecting: Deferred[object] | None = None
+        self._connecting: Deferred[Any] | None = None
         self._decided = True
         self._origin: OriginTLS | None = None
         self._originSide: Side | None = None
@@ -324,7 +324,7 @@ class Connection:
         side = Side("origin", self)
         settings = self.settings
         connecting = connectPlain(settings.reactor, self._destination(), side, settings.connectTimeout, settings.relayBuffer)
-        self._connecting = connecting  # type: ignore[assignment]
+        self._connecting = connecting
         connecting.addCallbacks(lambda _: self._spliceConnected(side), self._originFailed)
 
     def _spliceConnected(self, origin: Side) -> None:
@@ -351,7 +351,7 @@ class Connection:
             settings.reactor, self._destination(), settings.upstream, hello.sni, hello.alpn,
             settings.connectTimeout, side, settings.originSessions, settings.relayBuffer,
         )
-        self._connecting = connecting  # type: ignore[assignment]
+        self._connecting = connecting
         connecting.addCallbacks(self._originConnected, self._originFailed)
 
     def _originConnected(self, origin: OriginTLS) -> None:
