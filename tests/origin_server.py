@@ -16,6 +16,9 @@ chunked request bodies; "Expect: 100-continue" honoured):
     GET  /info       JSON: sni, alpn, version, cipher, peer, local, tls
     GET  /truncate/N N of the 2N bytes its Content-Length promises, then a
                      TCP close without close_notify (an origin that dies)
+    GET  /ws         with "Upgrade: websocket": a WebSocket (wsproto) that
+                     echoes each text and binary message whole, answers
+                     pings, and ends with the close handshake (HTTP/1.1 only)
 
 If ALPN selects h2 the server speaks real HTTP/2 (the h2 library) with the
 same routes, content types and content-length. Many streams run at once on
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import hashlib
+import io
 import json
 import selectors
 import socket
@@ -45,6 +49,9 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import wsproto
+import wsproto.events
+import wsproto.utilities
 
 PERIOD = 251  # prime, so the pattern never lines up with power-of-two buffers
 _BLOCK = bytes(i % PERIOD for i in range(PERIOD * 261))  # 65511 bytes, whole periods
@@ -241,8 +248,10 @@ class Connection:
                 raise BadRequest(f"bad request line {line!r}")
             method, target, version = parts
             headers: dict[str, str] = {}
+            head = [line]
             while True:
                 h = rfile.readline(MAX_LINE)
+                head.append(h)
                 if h in (b"\r\n", b"\n", b""):
                     break
                 name, _, value = h.decode("latin-1").partition(":")
@@ -257,6 +266,9 @@ class Connection:
             for data in _read_body(rfile, headers):
                 digest.update(data)
                 length += len(data)
+            if method == "GET" and target.split("?", 1)[0] == "/ws" and "websocket" in headers.get("upgrade", "").lower():
+                self.serve_websocket(rfile, b"".join(head))
+                return
             if method == "GET" and target.startswith("/truncate/") and target[10:].isdigit():
                 self.truncate(int(target[10:]))
                 return
@@ -264,6 +276,49 @@ class Connection:
             self.send_response(f"{r.status} {r.reason}", r.chunks(), r.length, r.ctype, keep_alive)
             if not keep_alive:
                 return
+
+    def serve_websocket(self, rfile: io.BufferedReader, head: bytes) -> None:
+        """GET /ws: wsproto answers the handshake (101), then each message is echoed whole.
+
+        ``head`` is the request as received; what the client sent after it may
+        already sit in rfile's buffer, so the connection is read through rfile.
+        """
+        ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        try:
+            ws.receive_data(head)
+            [request] = ws.events()
+        except (wsproto.utilities.RemoteProtocolError, ValueError) as e:
+            self.send_response("400 Bad Request", f"{e}\n".encode(), len(f"{e}\n"), "text/plain", False)
+            return
+        assert isinstance(request, wsproto.events.Request), request
+        self.sock.sendall(ws.send(wsproto.events.AcceptConnection()))
+        text: list[str] = []
+        binary: list[bytes] = []
+        while True:
+            data = rfile.read1(65536)
+            ws.receive_data(data or None)  # None: the peer closed
+            out = b""
+            for event in ws.events():
+                if isinstance(event, wsproto.events.TextMessage):
+                    text.append(event.data)
+                    if event.message_finished:
+                        out += ws.send(wsproto.events.TextMessage(data="".join(text)))
+                        text.clear()
+                elif isinstance(event, wsproto.events.BytesMessage):
+                    binary.append(bytes(event.data))
+                    if event.message_finished:
+                        out += ws.send(wsproto.events.BytesMessage(data=b"".join(binary)))
+                        binary.clear()
+                elif isinstance(event, wsproto.events.Ping):
+                    out += ws.send(event.response())
+                elif isinstance(event, wsproto.events.CloseConnection):
+                    # Answer the close; the server then closes the connection first (RFC 6455 7.1.1).
+                    self.sock.sendall(out + ws.send(event.response()))
+                    return
+            if out:
+                self.sock.sendall(out)
+            if not data:
+                raise BadRequest("the WebSocket ended without a close handshake")
 
     def truncate(self, size: int) -> None:
         """Promise 2 * size bytes, send size, then close TCP under TLS: no close_notify."""
