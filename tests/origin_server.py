@@ -19,6 +19,10 @@ chunked request bodies; "Expect: 100-continue" honoured):
     GET  /ws         with "Upgrade: websocket": a WebSocket (wsproto) that
                      echoes each text and binary message whole, answers
                      pings, and ends with the close handshake (HTTP/1.1 only)
+    GET  /page       an HTML page for browsers (PAGE): its script, run after
+                     its stylesheet and image, writes what it saw into the DOM
+    GET  /static/... the page's subresources (STATIC): page.css, page.js,
+                     picture.png (PICTURE_SIZE) and data.json
 
 If ALPN selects h2 the server speaks real HTTP/2 (the h2 library) with the
 same routes, content types and content-length. Many streams run at once on
@@ -38,9 +42,11 @@ import json
 import selectors
 import socket
 import ssl
+import struct
 import tempfile
 import threading
 import weakref
+import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -74,6 +80,86 @@ def _addr(sockaddr: tuple[str, int] | tuple[str, int, int, int]) -> list[object]
     """[host, port], with IPv4-mapped IPv6 (dual-stack listener) shown as IPv4."""
     host = sockaddr[0]
     return [host[7:] if host.startswith("::ffff:") and "." in host else host, sockaddr[1]]
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A PNG of one colour (8-bit RGB, no filter), made without an imaging library."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(rgb) * width
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
+PICTURE_SIZE = (160, 90)
+"""The size of /static/picture.png, which the page's script reports."""
+
+PAGE = b"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>etpmitm lab page</title>
+<link rel="stylesheet" href="/static/page.css">
+<script src="/static/page.js" defer></script>
+</head>
+<body>
+<h1 id="title">etpmitm lab page</h1>
+<p id="styled">This paragraph is green if page.css loaded.</p>
+<img id="picture" src="/static/picture.png" alt="a blue rectangle">
+<ul id="results"></ul>
+</body>
+</html>
+"""
+
+PAGE_JS = b"""// Reports into #results what the page's subresources gave, then adds #done.
+(async () => {
+  const results = document.getElementById("results");
+  const report = (key, value) => {
+    const item = document.createElement("li");
+    item.id = key;
+    item.textContent = key + "=" + value;
+    results.appendChild(item);
+  };
+  report("script", "ran");
+  report("css", getComputedStyle(document.getElementById("styled")).color);
+  const picture = document.getElementById("picture");
+  if (!picture.complete) {
+    await new Promise((done) => { picture.onload = picture.onerror = done; });
+  }
+  report("picture", picture.naturalWidth + "x" + picture.naturalHeight);
+  try {
+    const data = await (await fetch("/static/data.json")).json();
+    report("data", data.message);
+  } catch (e) {
+    report("data", "error " + e);
+  }
+  try {
+    const blocked = await fetch("/blocked/secret");
+    const page = new DOMParser().parseFromString(await blocked.text(), "text/html");
+    report("blocked", blocked.status + " " + page.querySelector("h1").textContent);
+  } catch (e) {
+    report("blocked", "error " + e);
+  }
+  report("done", "yes");
+})();
+"""
+
+STATIC: dict[str, tuple[str, bytes]] = {
+    "/page": ("text/html; charset=utf-8", PAGE),
+    "/static/page.css": (
+        "text/css",
+        b"body { font-family: sans-serif; margin: 2em; }\n#styled { color: rgb(0, 128, 0); }\n",
+    ),
+    "/static/page.js": ("text/javascript", PAGE_JS),
+    "/static/picture.png": ("image/png", png(*PICTURE_SIZE, (37, 99, 235))),
+    "/static/data.json": ("application/json", b'{"message": "fetched over the gateway"}\n'),
+}
 
 
 class BadRequest(Exception):
@@ -341,6 +427,9 @@ class Connection:
         if method in ("POST", "PUT") and path == "/echo":
             body = json.dumps({"length": length, "sha256": sha}).encode() + b"\n"
             return Response(200, "OK", "application/json", body)
+        if method == "GET" and path in STATIC:
+            ctype, body = STATIC[path]
+            return Response(200, "OK", ctype, body)
         if method == "GET" and path == "/info":
             return Response(200, "OK", "application/json", json.dumps(self.info()).encode() + b"\n")
         return Response(404, "Not Found", "text/plain", b"not found\n")
