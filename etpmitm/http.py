@@ -41,6 +41,15 @@ class RequestHead:
         return f"{self.authority}{self.path}"
 
 
+def authority(host: str) -> str:
+    """A Host or ``:authority`` as requests are audited: lower case, without a
+    trailing dot or the default port (443)."""
+    host = host.strip().lower().rstrip(".")
+    if host.endswith(":443"):
+        host = host[:-4].rstrip(".")
+    return host
+
+
 @attrs.frozen
 class RequestVerdict:
     """What the policy says of one request."""

@@ -27,7 +27,7 @@ import h11
 
 from etpmitm.altsvc import strip_head
 from etpmitm.blockpage import BlockResponse
-from etpmitm.http import ALLOW, Judge, RequestAction, RequestHead, RequestVerdict, allow_all
+from etpmitm.http import ALLOW, Judge, RequestAction, RequestHead, RequestVerdict, allow_all, authority
 from etpmitm.http1guard import MAX_HEAD, MAX_HEADERS, check_chunk, check_head, check_last_chunk
 
 UNKNOWN = RequestHead(method="?", authority="", path="")
@@ -575,7 +575,7 @@ def request_head(event: h11.Request) -> RequestHead:
     length = _header(event.headers, b"content-length")
     return RequestHead(
         method=event.method.decode("latin-1"),
-        authority=_authority(host),
+        authority=authority(host),
         path=path,
         query_length=query_length,
         query=target.partition("?")[2] if "?" in target else None,
@@ -583,13 +583,6 @@ def request_head(event: h11.Request) -> RequestHead:
         content_type=_header(event.headers, b"content-type"),
         content_length=int(length) if length is not None and length.isdigit() else None,
     )
-
-
-def _authority(host: str) -> str:
-    host = host.strip().lower().rstrip(".")
-    if host.endswith(":443"):
-        host = host[:-4].rstrip(".")
-    return host
 
 
 def render(page: BlockResponse, *, head_only: bool, close: bool) -> bytes:

@@ -50,3 +50,13 @@ class HeldTests(SynchronousTestCase):
         held.append(b"12345")
         self.assertEqual(held.drop(), 5)
         self.assertEqual(held.size, 0)
+
+
+class AuthorityTests(SynchronousTestCase):
+    def test_sameNormalisationAsHTTP1(self) -> None:
+        """HTTP/1.1 Host and HTTP/2 :authority are audited alike: lower case, no trailing dot, no :443."""
+        from etpmitm.http import authority
+
+        for raw, want in (("WWW.Example.COM.:443", "www.example.com"), ("a.example:8443", "a.example:8443"), (" b.example. ", "b.example")):
+            self.assertEqual(authority(raw), want)
+            self.assertEqual(request_head([(b":method", b"GET"), (b":authority", raw.encode()), (b":path", b"/")]).authority, want)

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import attrs
 
-from etpmitm.http import RequestHead, RequestRecord
+from etpmitm.http import RequestHead, RequestRecord, authority as normalised_authority
 
 Headers = Sequence[tuple[bytes, bytes]]
 """A header block as h2 gives it with ``header_encoding=None``."""
@@ -87,7 +87,6 @@ class Exchange:
     """The response body, for the device."""
 
 
-_DEFAULT_PORT = b":443"
 
 
 def request_head(headers: Headers) -> RequestHead:
@@ -110,11 +109,10 @@ def request_head(headers: Headers) -> RequestHead:
             content_type = value
         elif name == b"content-length":
             content_length = value
-    authority = (authority or host or b"").lower().removesuffix(_DEFAULT_PORT)
     target, question, query = path.partition(b"?")
     return RequestHead(
         method=method.decode("latin-1"),
-        authority=authority.decode("latin-1"),
+        authority=normalised_authority((authority or host or b"").decode("latin-1")),
         path=target.decode("latin-1"),
         query_length=len(query) if question else 0,
         query=query.decode("latin-1") if question else None,
