@@ -51,6 +51,11 @@ class GatewayLab:
         self._origins = 0
 
     @property
+    def audit_log(self) -> Path:
+        """Where :func:`inspecting_lab`'s gateway writes its --audit-log."""
+        return self.lab.workdir / "audit.json"
+
+    @property
     def root(self) -> Path:
         """The gateway's root, which lab clients trust."""
         return self.ca_dir / "root.pem"
@@ -189,6 +194,21 @@ def burst(namespace: Namespace, host: str, port: int, count: int, timeout: float
                          timeout=timeout + 60)
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+def inspecting_lab(policy: str) -> GatewayLab:
+    """A lab whose origin serves origin.test on 443, and a gateway with ``policy``
+    and ``--audit-log`` (:attr:`GatewayLab.audit_log`)."""
+    env = GatewayLab(dports=[443])
+    try:
+        cert, key = env.public.issue(["origin.test"], [Lab.origin_ip])
+        env.origin(443, [cert, env.public.intermediate], key)
+        env.policy.write_text(policy)
+        env.start_gateway("--policy", str(env.policy), "--audit-log", str(env.audit_log))
+    except BaseException:
+        env.close()
+        raise
+    return env
 
 
 def quoted(*parts: object) -> str:

@@ -25,12 +25,11 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from etpmitm.blockpage import TITLE
-from tests.gatewaylab import GatewayLab, shared_lab
+from tests.gatewaylab import GatewayLab, inspecting_lab, shared_lab
 from tests.lab import Lab, lab_unavailable
 from tests.origin_server import PICTURE_SIZE
 
 ORIGIN = Lab.origin_ip
-PORT = 443
 WINDOW = (1024, 768)
 RULE = "lab blocked paths"
 POLICY = f"""\
@@ -73,20 +72,7 @@ def browser_unavailable() -> str | None:
 
 
 def build_lab() -> GatewayLab:
-    env = GatewayLab(dports=[PORT])
-    try:
-        cert, key = env.public.issue(["origin.test"], [ORIGIN])
-        env.origin(PORT, [cert, env.public.intermediate], key)
-        env.policy.write_text(POLICY)
-        env.start_gateway("--policy", str(env.policy), "--audit-log", str(audit_path(env)))
-    except BaseException:
-        env.close()
-        raise
-    return env
-
-
-def audit_path(env: GatewayLab) -> Path:
-    return env.lab.workdir / "audit.json"
+    return inspecting_lab(POLICY)
 
 
 def png_pixels(data: bytes) -> tuple[int, int, set[tuple[int, int, int]]]:
@@ -171,7 +157,7 @@ class BrowserEndToEndTests(TestCase):
         events of their connections, once all have come (or after 20 s, as far as they came)."""
         deadline = time.monotonic() + 20
         while True:
-            with audit_path(self.env).open("rb") as f:
+            with self.env.audit_log.open("rb") as f:
                 f.seek(offset)
                 events = [json.loads(line) for line in f.read().decode().splitlines()]
             requests = [e for e in events if e["event"] == "request" and e["head"]["path"] in paths]
@@ -188,7 +174,7 @@ class BrowserEndToEndTests(TestCase):
                          [("origin.test", "intercept", "h2", "ok")])
 
     def audit_offset(self) -> int:
-        path = audit_path(self.env)
+        path = self.env.audit_log
         return path.stat().st_size if path.exists() else 0
 
     def test_pageWithSubresources(self) -> None:

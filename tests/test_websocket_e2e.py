@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from tests.gatewaylab import GatewayLab, shared_lab
+from tests.gatewaylab import GatewayLab, inspecting_lab, shared_lab
 from tests.lab import Lab, lab_unavailable
 from tests.ws_client import MESSAGES, digest
 
@@ -27,16 +27,7 @@ action = "block"
 
 
 def build_lab() -> GatewayLab:
-    env = GatewayLab(dports=[PORT])
-    try:
-        cert, key = env.public.issue(["origin.test"], [ORIGIN])
-        env.origin(PORT, [cert, env.public.intermediate], key)
-        env.policy.write_text(POLICY)
-        env.start_gateway("--policy", str(env.policy), "--audit-log", str(env.lab.workdir / "audit.json"))
-    except BaseException:
-        env.close()
-        raise
-    return env
+    return inspecting_lab(POLICY)
 
 
 class WebSocketEndToEndTests(TestCase):
@@ -57,7 +48,7 @@ class WebSocketEndToEndTests(TestCase):
     def audit(self, local: int, timeout: float = 15.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The connection event of the client's connection from port ``local``, and its
         request events (from the --audit-log file; both are written when it ends)."""
-        path = self.env.lab.workdir / "audit.json"
+        path = self.env.audit_log
         deadline = time.monotonic() + timeout
         while True:
             lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
