@@ -31,6 +31,14 @@ class AsRootTests(SynchronousTestCase):
         sudo.write_text(FAKE_SUDO)
         sudo.chmod(0o755)
 
+    def userCopy(self) -> str:
+        """dev/as-root copied where the unprivileged user can read it (a checkout may sit
+        in a directory only root can enter, such as one from ``mktemp -d``)."""
+        copy = self.bin / "as-root"
+        shutil.copyfile(AS_ROOT, copy)
+        copy.chmod(0o755)
+        return str(copy)
+
     def run_as_user(self, *argv: str) -> subprocess.CompletedProcess[str]:
         """argv as an unprivileged user, with only self.bin, /usr/bin and /bin on PATH."""
         prefix = [] if os.geteuid() != 0 else ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -49,7 +57,7 @@ class AsRootTests(SynchronousTestCase):
         if os.geteuid() == 0 and shutil.which("setpriv") is None:
             raise self.skipTest("setpriv is needed to run as another user")
         self.fake_sudo()
-        done = self.run_as_user(str(AS_ROOT), ".venv/bin/python", "-m", "twisted.trial", "tests")
+        done = self.run_as_user(self.userCopy(), ".venv/bin/python", "-m", "twisted.trial", "tests")
         self.assertEqual((done.returncode, done.stdout), (0, "sudo: -- .venv/bin/python -m twisted.trial tests\n"))
 
     def test_user_without_sudo(self) -> None:
@@ -57,7 +65,7 @@ class AsRootTests(SynchronousTestCase):
             raise self.skipTest("setpriv is needed to run as another user")
         if any(Path(d, "sudo").exists() for d in ("/usr/bin", "/bin")):
             raise self.skipTest("sudo is installed here")
-        done = self.run_as_user(str(AS_ROOT), "true")
+        done = self.run_as_user(self.userCopy(), "true")
         self.assertEqual(done.returncode, 1)
         self.assertEqual(done.stderr, "dev/as-root: true needs root: run it as root, or install sudo\n")
 
