@@ -52,6 +52,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import peers  # noqa: E402  (bench/peers.py, beside this script)
 from tests import pki  # noqa: E402
 from tests.gatewaylab import GatewayLab  # noqa: E402
 from tests.lab import Lab, Namespace  # noqa: E402
@@ -84,6 +85,7 @@ class Settings:
     gateway_args: tuple[str, ...] = ()  # added to the gateway's command line (default: none)
     learning: bool = False  # keep the gateway's learned bypasses on (see bench_policy)
     inspect: str | None = None  # "on" or "off": the policy's [inspect] http (default: the gateway's)
+    peers: tuple[str, ...] = ()  # other proxies run after etpmitm in its place (bench/peers.py)
 
     @classmethod
     def quick(cls) -> Settings:
@@ -355,12 +357,24 @@ AUDIT_EVENT = re.compile(r" action=(\w+) outcome=(\w+) ")
 class Bench:
     """A lab with nginx, a default gateway, and the two paths to the origin."""
 
-    def __init__(self, env: GatewayLab, origin: subprocess.Popen[bytes], gateway: subprocess.Popen[bytes]) -> None:
+    def __init__(self, env: GatewayLab, origin: subprocess.Popen[bytes], gateway: subprocess.Popen[bytes],
+                 system: str = "etpmitm", root: Path | None = None) -> None:
         self.env = env
         self.origin = origin
         self.gateway = gateway
+        self.system = system
+        """"etpmitm", or the peer (bench/peers.py) that runs in its place."""
         self.direct = Target("direct", DIRECT_PORT, env.trust)
-        self.proxied = Target("proxied", PROXIED_PORT, env.root)
+        self.proxied = Target("proxied", PROXIED_PORT, env.root if root is None else root)
+
+    def peer(self, name: str) -> Bench:
+        """Stop what serves the proxied path now and start peer ``name`` there."""
+        peers.stop(self.gateway)
+        started = peers.PEERS[name](self.env, self.env.lab.workdir)
+        print(f"{name}: {started.describe}", flush=True)
+        bench = Bench(self.env, self.origin, started.process, name, started.root)
+        bench.curl(bench.proxied, SMALL_PATH, "-w", "%{http_code}")  # verifies: it intercepts
+        return bench
 
     @property
     def client(self) -> Namespace:
@@ -382,7 +396,9 @@ class Bench:
         return sum(rss_kib(pid) for pid in with_children(self.gateway.pid))
 
     def audit(self) -> Counter[str]:
-        """The gateway's connection events so far, by "action/outcome"."""
+        """The gateway's connection events so far, by "action/outcome" (none for a peer)."""
+        if self.system != "etpmitm":
+            return Counter()
         return Counter(f"{a}/{o}" for a, o in AUDIT_EVENT.findall(self.env.log()))
 
     def curl(self, target: Target, path: str, *extra: str, timeout: float = 30) -> str:
@@ -726,7 +742,7 @@ def hold_connections(bench: Bench, count: int, timeout: float = 180) -> tuple[in
     """
     argv = [
         sys.executable, __file__, "hold", "--host", ORIGIN_IP, "--port", str(PROXIED_PORT),
-        "--cafile", str(bench.env.root), "--count", str(count),
+        "--cafile", str(bench.proxied.cafile), "--count", str(count),
     ]
     holder = bench.client.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert holder.stdout is not None and holder.stdin is not None
@@ -809,6 +825,8 @@ def judge(comparisons: dict[str, Comparison]) -> None:
     c = comparisons["ttfb_p50"]
     c.target, c.met = "<= direct + 5 ms", c.proxied - c.direct <= 5.0
     comparisons["ttfb_p99"].target = "(none)"
+    if "h2load" not in comparisons:
+        return
     c = comparisons["h2load"]
     c.target, c.met = "proxied >= 10,000 req/s", c.proxied >= 10_000
 
@@ -852,7 +870,7 @@ def table(comparisons: dict[str, Comparison], mem: dict[str, Any]) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines += [
         "",
-        "gateway memory (VmRSS of twistd, with its workers)",
+        "proxy memory (VmRSS: twistd with its workers, or the peer in its place)",
         f"  idle, fresh start                  {mem['rss_idle_start_kib'] / 1024:8.1f} MiB",
         f"  idle, after the loads              {mem['rss_idle_kib'] / 1024:8.1f} MiB",
         f"  {mem['open_connections']} open keep-alive connections   {mem['rss_open_kib'] / 1024:8.1f} MiB",
@@ -876,31 +894,84 @@ def table(comparisons: dict[str, Comparison], mem: dict[str, Any]) -> str:
 # -- main --------------------------------------------------------------------------------------
 
 
-def run(settings: Settings) -> tuple[dict[str, Comparison], dict[str, Any]]:
-    """Every load, direct and proxied, in one lab."""
+Results = tuple[dict[str, Comparison], dict[str, Any]]
+"""One system's comparisons and memory figures."""
+
+
+def run(settings: Settings) -> dict[str, Results]:
+    """Every load, direct and proxied, in one lab: through etpmitm, then
+    through each of settings.peers in its place (same origin, same loads)."""
     with bench_lab(settings) as bench:
         if settings.profile is not None:
             py_spy()  # fail now, not after minutes
-        idle_start = bench.rss()
-        steps: list[tuple[str, Callable[[Bench, Settings], Comparison]]] = [
-            ("new_connections", new_connections), ("keepalive", keepalive), ("bulk", bulk),
-            ("h2load", h2load),
-        ]
-        comparisons: dict[str, Comparison] = {}
-        for key, step in steps:
-            print(f"{key} ...", flush=True)
-            comparisons[key] = step(bench, settings)
-            settle()
-        print("ttfb ...", flush=True)
-        comparisons["ttfb_p50"], comparisons["ttfb_p99"] = ttfb(bench, settings)
-        print("memory ...", flush=True)
-        mem = memory(bench, settings, idle_start)
+        results = {"etpmitm": run_loads(bench, settings)}
+        for name in settings.peers:
+            print(f"--- {name} in the gateway's place ---", flush=True)
+            bench = bench.peer(name)
+            results[name] = run_loads(bench, replace(settings, profile=None))
+    return results
+
+
+def run_loads(bench: Bench, settings: Settings) -> Results:
+    """Every load on both paths, then the memory figures, for bench.system."""
+    idle_start = bench.rss()
+    steps: list[tuple[str, Callable[[Bench, Settings], Comparison]]] = [
+        ("new_connections", new_connections), ("keepalive", keepalive), ("bulk", bulk),
+    ]
+    if bench.system == "etpmitm":  # SSLsplit negotiates no ALPN: no HTTP/2 through it
+        steps.append(("h2load", h2load))
+    comparisons: dict[str, Comparison] = {}
+    for key, step in steps:
+        print(f"{key} ...", flush=True)
+        comparisons[key] = step(bench, settings)
+        settle()
+    print("ttfb ...", flush=True)
+    comparisons["ttfb_p50"], comparisons["ttfb_p99"] = ttfb(bench, settings)
+    print("memory ...", flush=True)
+    mem = memory(bench, settings, idle_start)
     judge(comparisons)
     return comparisons, mem
 
 
+def per_unit(comparisons: dict[str, Comparison], mem: dict[str, Any]) -> dict[str, float]:
+    """The proxy's CPU per unit of work (median of rounds) and its memory figures."""
+    def cpu(key: str) -> float:
+        c = comparisons.get(key)
+        return statistics.median(c.cpu["proxied_gateway_us_per_request"]) if c and c.cpu else float("nan")
+
+    return {
+        "ms_per_new_connection": cpu("new_connections") / 1000,
+        "us_per_keepalive_request": cpu("keepalive"),
+        "ms_per_MB": cpu("bulk") / 1000,
+        "rss_idle_start_mib": mem["rss_idle_start_kib"] / 1024,
+        "kib_per_open_connection": mem["rss_per_connection_kib"],
+        "rss_open_mib": mem["rss_open_kib"] / 1024,
+        "rss_after_close_mib": mem["rss_after_close_kib"] / 1024,
+    }
+
+
+def systems_table(results: dict[str, Results]) -> str:
+    """CPU per unit of work and memory, one row per system measured in this run."""
+    columns = [
+        ("ms_per_new_connection", "new conn ms"), ("us_per_keepalive_request", "keep-alive req us"),
+        ("ms_per_MB", "bulk ms/MB"), ("rss_idle_start_mib", "idle RSS MiB"),
+        ("kib_per_open_connection", "KiB/open conn"), ("rss_open_mib", "RSS open MiB"),
+        ("rss_after_close_mib", "RSS closed MiB"),
+    ]
+    rows = [("system", *(title for _, title in columns))]
+    for name, (comparisons, mem) in results.items():
+        units = per_unit(comparisons, mem)
+        rows.append((name, *(fmt(units[key]) for key, _ in columns)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "proxy CPU per unit of work (gateway namespace, median of rounds) and memory\n" + "\n".join(lines)
+
+
 def write_json(path: Path, command: str, host: dict[str, Any], background: dict[str, float],
-               settings: Settings, comparisons: dict[str, Comparison], mem: dict[str, Any]) -> None:
+               settings: Settings, comparisons: dict[str, Comparison], mem: dict[str, Any],
+               others: dict[str, Results] | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {
         "command": command,
@@ -912,6 +983,15 @@ def write_json(path: Path, command: str, host: dict[str, Any], background: dict[
             for key, c in comparisons.items()
         },
         "memory": mem,
+        "per_unit": per_unit(comparisons, mem),
+        "peers": {
+            name: {
+                "comparisons": {key: {**asdict(c), "ratio": c.ratio} for key, c in peer_comparisons.items()},
+                "memory": peer_mem,
+                "per_unit": per_unit(peer_comparisons, peer_mem),
+            }
+            for name, (peer_comparisons, peer_mem) in (others or {}).items()
+        },
     }
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -920,7 +1000,7 @@ def main_bench(args: argparse.Namespace) -> int:
     settings = replace(
         Settings.quick() if args.quick else Settings(),
         profile=args.profile, gateway_args=tuple(args.gateway_arg), learning=args.learning,
-        workers=args.workers, inspect=args.inspect,
+        workers=args.workers, inspect=args.inspect, peers=tuple(args.peer),
     )
     command = shlex.join([sys.executable, *sys.argv])
     host = machine()
@@ -931,14 +1011,20 @@ def main_bench(args: argparse.Namespace) -> int:
     print(f"background CPU busy before the lab: {background['busy_before']:.0%} of all cores", flush=True)
     if background["busy_before"] > 0.10:
         print("WARNING: the machine is busy; ratios will be noisier", flush=True)
-    comparisons, mem = run(settings)
+    results = run(settings)
+    comparisons, mem = results.pop("etpmitm")
     background["busy_after"] = busy_fraction()
     print()
     print(table(comparisons, mem))
+    for name, (peer_comparisons, peer_mem) in results.items():
+        print(f"\n{name} in the gateway's place\n")
+        print(table(peer_comparisons, peer_mem))
+    print()
+    print(systems_table({"etpmitm": (comparisons, mem), **results}))
     print(f"\nbackground CPU busy: {background['busy_before']:.0%} before, {background['busy_after']:.0%} after")
     if settings.profile is not None:
         print(f"profiles (py-spy, gateway, last proxied round; figures perturbed): {settings.profile}/*.txt, *.raw")
-    write_json(args.json, command, host, background, settings, comparisons, mem)
+    write_json(args.json, command, host, background, settings, comparisons, mem, results)
     print(f"\nJSON: {args.json}")
     return 0
 
@@ -1003,6 +1089,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--inspect", choices=("on", "off"),
         help="the policy's [inspect] http: HTTP inspection on or off (default: the gateway's default)",
+    )
+    parser.add_argument(
+        "--peer", action="append", default=[], choices=sorted(peers.PEERS),
+        help="after etpmitm, run the same loads through this proxy in its place (repeatable; bench/peers.py)",
     )
     parser.add_argument(
         "--learning", action="store_true",
