@@ -1,0 +1,144 @@
+"""The crypto-only floor of relaying one MB: decrypt it from the origin, re-encrypt it to the device.
+
+Run from the repository root::
+
+    .venv/bin/python bench/crypto_bench.py [--mb 256] [--repeat 5]
+
+In one process, with pyOpenSSL memory BIOs and no sockets: an "origin"
+(server) and the gateway's client end, and the gateway's server end and a
+"device" (client), each pair handshaken over memory with the gateway's own
+hardened contexts (TLS 1.3, so AES-128-GCM as in the lab).  The origin's
+records (16 KiB of plaintext each, as nginx sends) are made beforehand; the
+clock runs only while the gateway's two ends work: ``bio_write`` the records
+in, ``recv`` the plaintext, ``send`` it on, ``bio_read`` the new records out.
+That is the cost every relay of these bytes pays whatever it is written in;
+CPU per MB through the bench (bench.py, "bulk") is compared with it.
+
+It prints the median of ``--repeat`` runs as CPU ms per MB (MB = 10^6 bytes;
+process CPU time, so a busy machine changes it little) and as a JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from etpmitm.tlsconfig import hardened_context  # noqa: E402
+
+MB = 1_000_000
+RECORD = 16384
+
+
+def _certificate() -> tuple[crypto.X509, crypto.PKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crypto.bench")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return crypto.X509.from_cryptography(cert), crypto.load_privatekey(crypto.FILETYPE_PEM, pem)
+
+
+def _pair() -> tuple[SSL.Connection, SSL.Connection]:
+    """(server, client), handshaken over memory BIOs with the gateway's contexts."""
+    cert, key = _certificate()
+    server_context = hardened_context()
+    server_context.use_certificate(cert)
+    server_context.use_privatekey(key)
+    server = SSL.Connection(server_context, None)
+    server.set_accept_state()
+    client = SSL.Connection(hardened_context(), None)
+    client.set_connect_state()
+    for _ in range(10):
+        for a, b in ((client, server), (server, client)):
+            try:
+                a.do_handshake()
+            except SSL.WantReadError:
+                pass
+            _move(a, b)
+    _move(server, client)
+    try:  # the TLS 1.3 tickets the server sent after the handshake
+        client.recv(RECORD)
+    except SSL.WantReadError:
+        pass
+    return server, client
+
+
+def _move(source: SSL.Connection, sink: SSL.Connection) -> int:
+    moved = 0
+    while True:
+        try:
+            data = source.bio_read(2**20)
+        except SSL.WantReadError:
+            return moved
+        sink.bio_write(data)
+        moved += len(data)
+
+
+def _records(origin: SSL.Connection, megabytes: int) -> list[bytes]:
+    """The origin's encrypted stream, in 256 KiB reads (the relay's socket read size)."""
+    chunk = b"\0" * RECORD
+    stream = bytearray()
+    for _ in range(megabytes * MB // RECORD + 1):
+        origin.send(chunk)
+        stream += origin.bio_read(2**16)
+    return [bytes(stream[i : i + 2**18]) for i in range(0, len(stream), 2**18)]
+
+
+def relay_once(megabytes: int) -> float:
+    """CPU seconds per MB the gateway's two ends spend relaying about ``megabytes`` MB."""
+    origin, upstream = _pair()  # origin = server; upstream = the gateway's client end
+    downstream, device = _pair()  # downstream = the gateway's server end
+    reads = _records(origin, megabytes)
+    relayed = 0
+    started = time.process_time()
+    for read in reads:
+        upstream.bio_write(read)
+        while True:
+            try:
+                plain = upstream.recv(RECORD)
+            except SSL.WantReadError:
+                break
+            downstream.send(plain)
+            relayed += len(plain)
+        while True:
+            try:
+                downstream.bio_read(2**18)
+            except SSL.WantReadError:
+                break
+    spent = time.process_time() - started
+    del device
+    return spent / (relayed / MB)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--mb", type=int, default=256, help="MB relayed per run (default 256)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs; the median is reported (default 5)")
+    args = parser.parse_args(argv)
+    runs = [relay_once(args.mb) * 1000 for _ in range(args.repeat)]
+    median = statistics.median(runs)
+    print(f"crypto only, decrypt + re-encrypt: {median:.3f} ms CPU per MB "
+          f"(median of {args.repeat} x {args.mb} MB; runs {', '.join(f'{r:.3f}' for r in runs)})")
+    print(json.dumps({"crypto_ms_per_MB": median, "runs_ms_per_MB": runs, "megabytes": args.mb}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
