@@ -6,7 +6,9 @@ FIN.  A relay must pass each direction's end on separately (RFC 8446
 section 6.1), so :class:`HalfCloseableTLS` overrides parts of
 ``TLSMemoryBIOProtocol`` that read its private state.  :func:`writeNow`
 reads ``twisted.internet.tcp.Connection``'s write queue to send at once when
-nothing is queued.  :data:`INTERNALS` lists every private name used here;
+nothing is queued.  :func:`quietEvents` lets a relayed socket's reactor
+events skip the per-event logging context (it wraps the epoll reactor's
+``log`` module reference).  :data:`INTERNALS` lists every private name used here;
 ``tests/test_twisted_internals.py`` fails with a clear message when a Twisted
 release drops one, and ``pyproject.toml`` pins Twisted to the releases the
 suite has passed on.
@@ -17,28 +19,34 @@ from __future__ import annotations
 from typing import Any, Callable, TypeVar, cast
 
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet import epollreactor
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.tcp import Connection
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python import log as legacyLog
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from etpmitm.gateway._openssl import decryptAvailable, encrypt, feed, incoming, takeOutgoing
 
 INTERNALS: dict[type, tuple[str, ...]] = {
     TLSMemoryBIOProtocol: (
         "_tlsConnection", "_appSendBuffer", "_connectWrapped", "_checkHandshakeStatus",
         "_lostTLSConnection", "_aborted", "_handshakeDone", "_flushReceiveBIO", "_flushSendBIO",
-        "_tlsShutdownFinished", "_shutdownTLS", "_bufferedWrite", "_producer",
+        "_tlsShutdownFinished", "_shutdownTLS", "_bufferedWrite", "_producer", "_unbufferPendingWrites",
     ),
     TLSMemoryBIOFactory: ("_creatorCallable",),
     Connection: ("_writeDisconnected", "_tempDataLen", "offset", "dataBuffer", "socket"),
 }
+MODULE_INTERNALS: dict[object, tuple[str, ...]] = {
+    epollreactor: ("log",),
+    epollreactor.EPollReactor: ("doPoll", "_doReadOrWrite"),
+}
+"""Private module-level names (and methods whose use of them matters) read here."""
 """Private names per Twisted class; instance attributes are checked on live objects."""
 
-_READ_SIZE = 2**14  # one record's plaintext at most: SSL_read returns one record
-_RECORD = 2**14  # the most plaintext one TLS record carries
-_BIO_READ = 2**18
 
 T = TypeVar("T")
 
@@ -109,6 +117,61 @@ def _idle(tcp: Connection) -> bool:
     )
 
 
+# -- reactor events without the logging context -----------------------------
+#
+# The epoll reactor runs every event through ``log.callWithLogger``: the
+# selectable's ``logPrefix()``, a new context dictionary copied from the
+# last, pushed and popped, so that legacy log lines carry the "system".  The
+# gateway logs through ``twisted.logger``, which does not read it; for a
+# relayed socket that is about a tenth of an event's cost.  Sockets marked
+# by :func:`quietEvents` are dispatched directly; the reactor's
+# ``_doReadOrWrite`` still catches and logs what an event raises, and
+# anything past it is still logged here.
+
+_QUIET = "_etpmitmQuietEvents"
+
+
+class _QuietDispatch:
+    """Stands in for ``twisted.python.log`` in the epoll reactor's module."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.log, name)
+
+    def callWithLogger(self, logger: object, func: Callable[..., T], *args: object, **kw: object) -> T | None:
+        if not getattr(logger, _QUIET, False):
+            result: T | None = self.log.callWithLogger(logger, func, *args, **kw)
+            return result
+        try:
+            return func(*args, **kw)
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            self.log.err(system="etpmitm relay")
+            return None
+
+
+def installQuietDispatch() -> bool:
+    """Route the epoll reactor's events through :class:`_QuietDispatch` (once)."""
+    current = getattr(epollreactor, "log", None)
+    if isinstance(current, _QuietDispatch):
+        return True
+    if current is not legacyLog:
+        return False  # someone else replaced it: leave it alone
+    setattr(epollreactor, "log", _QuietDispatch(current))
+    return True
+
+
+def quietEvents(transport: object) -> None:
+    """Dispatch the events of the TCP socket under ``transport`` (a TCP
+    transport, or a TLS protocol over one) without the logging context."""
+    tcp = transport.transport if isinstance(transport, TLSMemoryBIOProtocol) else transport
+    if isinstance(tcp, Connection) and installQuietDispatch():
+        setattr(tcp, _QUIET, True)
+
+
 # -- TLS with half-close ------------------------------------------------------
 
 
@@ -140,24 +203,38 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         """Bytes from TCP; what they cause to be sent leaves together at the end."""
-        holding(super().dataReceived, data)
+        holding(self._received if self._handshakeDone else super().dataReceived, data)
+
+    def _received(self, data: bytes) -> None:
+        """``TLSMemoryBIOProtocol.dataReceived`` once the handshake is done."""
+        feed(self._tlsConnection, data)
+        if self._appSendBuffer:
+            self._unbufferPendingWrites()
+        self._flushReceiveBIO()
 
     def _flushReceiveBIO(self) -> None:
         # Deliver everything one TCP read decrypted to in one call: a relay
         # then forwards it with one write instead of one per 16 KiB record.
+        # Reading stops when no input is left, not at a raised WantReadError.
         chunks: list[bytes] = []
         ended = False
         failed: Failure | None = None
+        connection = self._tlsConnection
         while not self._lostTLSConnection and not self._readClosed:
             try:
-                chunks.append(self._tlsConnection.recv(_READ_SIZE))
-            except WantReadError:
+                data, stop = decryptAvailable(connection)
+            except Error:  # raised by a pyOpenSSL callback's helper
+                failed = Failure()
                 break
-            except ZeroReturnError:
+            if data:
+                chunks.append(data)
+            if isinstance(stop, ZeroReturnError):
                 ended = True
                 break
-            except Error:
-                failed = Failure()
+            if stop is not None:
+                failed = Failure(stop)
+                break
+            if not data or not incoming(connection):
                 break
         if chunks and not self._aborted:
             ProtocolWrapper.dataReceived(self, chunks[0] if len(chunks) == 1 else b"".join(chunks))
@@ -172,36 +249,32 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
             self._flushSendBIO()
 
     def _write(self, data: bytes) -> None:
-        """Encrypt all of ``data``, then hand the records to TCP in one write."""
+        """Encrypt all of ``data``, then hand the records to TCP in one write.
+
+        pyOpenSSL's partial-write mode has each ``send`` encrypt one record:
+        the rest is passed as a view, not copied."""
         if self._lostTLSConnection:
             return
+        connection = self._tlsConnection
         sent = 0
-        while sent < len(data):
-            try:
-                sent += self._tlsConnection.send(data[sent : sent + _RECORD])
-            except WantReadError:
-                self._bufferedWrite(data[sent:])
-                break
-            except Error:
-                self._tlsShutdownFinished(Failure())
-                return
+        rest: bytes | memoryview = data
+        try:
+            while sent < len(data):
+                sent += encrypt(connection, rest)
+                rest = memoryview(data)[sent:]
+        except WantReadError:
+            self._bufferedWrite(bytes(rest))
+        except Error:
+            self._tlsShutdownFinished(Failure())
+            return
         self._flushSendBIO()
 
     def _flushSendBIO(self) -> None:
-        # A memory BIO hands over all it holds up to the size asked for, so
-        # only a full read means there may be more (and an empty BIO costs a
-        # raised WantReadError, which is worth avoiding per write).
-        chunks: list[bytes] = []
-        while True:
-            try:
-                chunk = self._tlsConnection.bio_read(_BIO_READ)
-            except WantReadError:
-                break
-            chunks.append(chunk)
-            if len(chunk) < _BIO_READ:
-                break
-        if chunks:
-            writeNow(self.transport, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        # Read the memory BIO's exact size: one read, and no raised
+        # WantReadError when it is empty.
+        records = takeOutgoing(self._tlsConnection)
+        if records:
+            writeNow(self.transport, records)
 
     def readConnectionLost(self) -> None:
         """The underlying TCP connection got a FIN."""
@@ -280,11 +353,20 @@ def halfCloseableTLS(creator: object, isClient: bool, protocol: IProtocol) -> Ha
 
 
 def missingInternals(tls: TLSMemoryBIOProtocol, tcp: Connection) -> list[str]:
-    """The names in :data:`INTERNALS` that a connected ``tls`` over ``tcp`` lacks."""
+    """The names in :data:`INTERNALS` that a connected ``tls`` over ``tcp`` lacks,
+    and those of :data:`MODULE_INTERNALS` that are gone."""
     samples: dict[type, object] = {TLSMemoryBIOProtocol: tls, TLSMemoryBIOFactory: tls.factory, Connection: tcp}
-    return [
+    missing = [
         f"{cls.__module__}.{cls.__qualname__}.{name}"
         for cls, names in INTERNALS.items()
         for name in names
         if not hasattr(samples[cls], name)
     ]
+    missing += [
+        f"{getattr(owner, '__module__', None) or getattr(owner, '__name__', '')}."
+        f"{getattr(owner, '__qualname__', '') + '.' if isinstance(owner, type) else ''}{name}"
+        for owner, names in MODULE_INTERNALS.items()
+        for name in names
+        if not hasattr(owner, name)
+    ]
+    return missing

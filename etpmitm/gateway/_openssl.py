@@ -1,0 +1,112 @@
+"""The few OpenSSL calls the relay makes below pyOpenSSL's API, fenced in one place.
+
+pyOpenSSL answers a read of an empty memory BIO with a raised
+``WantReadError``, allocates a fresh buffer for every record it decrypts, and
+copies each one out; each call also converts and checks its arguments and
+asks OpenSSL for an error code even after a success.  A relay reads once per
+socket event, so that was two raised exceptions per event, sixteen
+allocations per 256 KiB, and a few microseconds per call.  Here the relay
+asks how many bytes wait before it reads (:func:`incoming`,
+:func:`outgoing`), decrypts everything one socket read brought into one
+reused buffer, copied out once (:func:`decryptAvailable`), and hands bytes to
+OpenSSL directly (:func:`feed`, :func:`encrypt`), falling back to pyOpenSSL's
+error handling only when a call fails.
+
+These use cryptography's cffi bindings as pyOpenSSL ships them
+(``OpenSSL.SSL._lib``, ``_ffi``) and three private attributes of
+``OpenSSL.SSL.Connection`` (``_ssl``, ``_into_ssl``, ``_from_ssl``: the
+``SSL*`` and its two memory BIOs); errors go through pyOpenSSL's own
+``_raise_ssl_error``, so they surface as the exceptions pyOpenSSL raises.
+:data:`INTERNALS` lists every private name; ``tests/test_openssl_internals.py``
+checks them on a live connection and pins the behaviour.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from OpenSSL import SSL
+from OpenSSL.SSL import WantReadError
+
+_lib: Any = getattr(SSL, "_lib")
+_ffi: Any = getattr(SSL, "_ffi")
+
+INTERNALS: dict[str, tuple[str, ...]] = {
+    "OpenSSL.SSL": ("_lib", "_ffi"),
+    "OpenSSL.SSL._lib": ("SSL_read", "SSL_write", "SSL_pending", "BIO_write", "BIO_get_mem_data"),
+    "OpenSSL.SSL.Connection": ("_ssl", "_into_ssl", "_from_ssl", "_raise_ssl_error", "_handle_bio_errors"),
+}
+"""Private names used here, per owner."""
+
+RECORD = 2**14
+"""The most plaintext one TLS record carries; SSL_read returns at most one record."""
+
+_SIZE = 2**18 + RECORD
+_buffer = bytearray(_SIZE)
+_view = memoryview(_buffer)
+_pointer = _ffi.from_buffer(_buffer)
+# One buffer for the whole process: the reactor runs in one thread, and what
+# is decrypted into it is copied out before anything else can run.
+
+
+def incoming(connection: SSL.Connection) -> int:
+    """Bytes received and not yet read: ciphertext in the read BIO, and
+    plaintext OpenSSL decrypted and still holds."""
+    return int(_lib.BIO_get_mem_data(connection._into_ssl, _ffi.NULL) + _lib.SSL_pending(connection._ssl))
+
+
+def outgoing(connection: SSL.Connection) -> int:
+    """Encrypted bytes waiting in the write BIO to be sent."""
+    return int(_lib.BIO_get_mem_data(connection._from_ssl, _ffi.NULL))
+
+
+def takeOutgoing(connection: SSL.Connection) -> bytes:
+    """Everything in the write BIO (b"" when it is empty), without an exception."""
+    waiting = outgoing(connection)
+    return connection.bio_read(waiting) if waiting else b""
+
+
+def feed(connection: SSL.Connection, data: bytes) -> None:
+    """Give OpenSSL ciphertext that arrived (``bio_write``); a memory BIO takes all of it."""
+    if data:
+        written = _lib.BIO_write(connection._into_ssl, data, len(data))
+        if written <= 0:
+            connection._handle_bio_errors(connection._into_ssl, written)
+
+
+def encrypt(connection: SSL.Connection, data: bytes | memoryview) -> int:
+    """Encrypt the start of non-empty ``data`` (``send``): pyOpenSSL's
+    partial-write mode takes one record (16 KiB) per call.  Returns how much
+    it took; raises what pyOpenSSL's ``send`` raises."""
+    ssl = connection._ssl
+    taken = int(_lib.SSL_write(ssl, data if isinstance(data, bytes) else _ffi.from_buffer(data), len(data)))
+    if taken <= 0:
+        connection._raise_ssl_error(ssl, taken)
+    return taken
+
+
+def decryptAvailable(connection: SSL.Connection) -> tuple[bytes, BaseException | None]:
+    """Decrypt every whole record waiting, up to about 256 KiB of plaintext.
+
+    Returns the plaintext (b"" if none) and what ended the reading, if not
+    the lack of input: pyOpenSSL's ``ZeroReturnError`` for a close_notify, or
+    another ``SSL.Error``.  Call again while :func:`incoming` is non-zero
+    and the error is None: the buffer may have filled first.
+    """
+    ssl = connection._ssl
+    got = 0
+    ended: BaseException | None = None
+    while got + RECORD <= _SIZE:
+        n = _lib.SSL_read(ssl, _pointer + got, RECORD)
+        if n <= 0:
+            try:
+                connection._raise_ssl_error(ssl, n)
+            except WantReadError:
+                pass
+            except SSL.Error as e:
+                ended = e
+            break
+        got += n
+        if not incoming(connection):
+            break
+    return (bytes(_view[:got]) if got else b""), ended

@@ -1,0 +1,198 @@
+"""The relay's OpenSSL calls below pyOpenSSL's API (etpmitm/gateway/_openssl.py).
+
+Two pyOpenSSL connections handshake over memory BIOs with the gateway's own
+contexts; the tests then check what the fenced calls report and return
+against what pyOpenSSL's public API does with the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+from twisted.trial.unittest import SynchronousTestCase
+
+from etpmitm.gateway import _openssl
+from etpmitm.gateway._openssl import (
+    INTERNALS,
+    RECORD,
+    decryptAvailable,
+    encrypt,
+    feed,
+    incoming,
+    outgoing,
+    takeOutgoing,
+)
+from etpmitm.tlsconfig import hardened_context
+
+
+def _serverContext() -> SSL.Context:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "memory.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+    )
+    context = hardened_context()
+    context.use_certificate(crypto.X509.from_cryptography(cert))
+    context.use_privatekey(crypto.PKey.from_cryptography_key(key))
+    return context
+
+
+def _move(source: SSL.Connection, sink: SSL.Connection) -> None:
+    while True:
+        try:
+            sink.bio_write(source.bio_read(2**20))
+        except SSL.WantReadError:
+            return
+
+
+def pair() -> tuple[SSL.Connection, SSL.Connection]:
+    """(server, client), handshaken, the server's tickets read by the client."""
+    server = SSL.Connection(_serverContext(), None)
+    server.set_accept_state()
+    client = SSL.Connection(hardened_context(), None)
+    client.set_connect_state()
+    for _ in range(6):
+        for a, b in ((client, server), (server, client)):
+            try:
+                a.do_handshake()
+            except SSL.WantReadError:
+                pass
+            _move(a, b)
+    try:
+        client.recv(RECORD)
+    except SSL.WantReadError:
+        pass
+    return server, client
+
+
+class FencedNamesTests(SynchronousTestCase):
+    def test_privateNamesStillExist(self) -> None:
+        server, _ = pair()
+        owners = {"OpenSSL.SSL": SSL, "OpenSSL.SSL._lib": _openssl._lib, "OpenSSL.SSL.Connection": server}
+        missing = [f"{owner}.{name}" for owner, names in INTERNALS.items() for name in names
+                   if not hasattr(owners[owner], name)]
+        self.assertEqual(missing, [], "this pyOpenSSL/cryptography lacks them: adapt etpmitm/gateway/_openssl.py")
+
+
+class PendingBytesTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.server, self.client = pair()
+
+    def test_incomingCountsWhatWaits(self) -> None:
+        self.assertEqual(incoming(self.server), 0)
+        self.client.send(b"hello")
+        records = self.client.bio_read(2**16)
+        self.server.bio_write(records)
+        self.assertEqual(incoming(self.server), len(records))
+
+    def test_outgoingCountsWhatWaits(self) -> None:
+        self.assertEqual((outgoing(self.client), takeOutgoing(self.client)), (0, b""))  # no WantReadError
+        self.client.send(b"x" * 100)
+        waiting = outgoing(self.client)
+        self.assertGreater(waiting, 100)
+        records = takeOutgoing(self.client)
+        self.assertEqual((len(records), outgoing(self.client)), (waiting, 0))
+        self.server.bio_write(records)
+        self.assertEqual(self.server.recv(RECORD), b"x" * 100)
+
+
+class DecryptAvailableTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.server, self.client = pair()
+
+    def send(self, *chunks: bytes) -> bytes:
+        for chunk in chunks:
+            self.client.send(chunk)
+        return takeOutgoing(self.client)
+
+    def test_everyWholeRecordAtOnce(self) -> None:
+        self.server.bio_write(self.send(b"one ", b"two ", b"three"))
+        self.assertEqual(decryptAvailable(self.server), (b"one two three", None))
+        self.assertEqual(incoming(self.server), 0)
+
+    def test_nothingWaiting(self) -> None:
+        self.assertEqual(decryptAvailable(self.server), (b"", None))
+
+    def test_aPartialRecordWaitsForTheRest(self) -> None:
+        records = self.send(b"a" * 1000)
+        self.server.bio_write(records[:500])
+        self.assertEqual(decryptAvailable(self.server), (b"", None))
+        self.server.bio_write(records[500:])
+        self.assertEqual(decryptAvailable(self.server), (b"a" * 1000, None))
+
+    def test_dataThenCloseNotify(self) -> None:
+        self.client.send(b"last words")
+        self.client.shutdown()
+        self.server.bio_write(takeOutgoing(self.client))
+        data, ended = decryptAvailable(self.server)
+        self.assertEqual(data, b"last words")
+        self.assertIsInstance(ended, SSL.ZeroReturnError)
+
+    def test_garbageIsAnError(self) -> None:
+        self.server.bio_write(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)  # an application record that does not decrypt
+        data, ended = decryptAvailable(self.server)
+        self.assertEqual(data, b"")
+        self.assertIsInstance(ended, SSL.Error)
+        self.assertNotIsInstance(ended, SSL.ZeroReturnError)
+
+    def test_moreThanTheBufferTakesTwoCalls(self) -> None:
+        """Past the shared buffer's size the rest waits for the next call, in order."""
+        payload = bytes(range(256)) * (3 * 2**18 // 256)
+        self.server.bio_write(self.send(*(payload[i : i + RECORD] for i in range(0, len(payload), RECORD))))
+        received = b""
+        calls = 0
+        while incoming(self.server):
+            data, ended = decryptAvailable(self.server)
+            self.assertIsNone(ended)
+            self.assertLessEqual(len(data), 2**18 + RECORD)
+            received += data
+            calls += 1
+        self.assertEqual(received, payload)
+        self.assertGreaterEqual(calls, 3)
+
+    def test_theBufferIsCopiedOut(self) -> None:
+        """What one call returned does not change when the shared buffer is reused."""
+        self.server.bio_write(self.send(b"first"))
+        first, _ = decryptAvailable(self.server)
+        self.server.bio_write(self.send(b"SECOND"))
+        second, _ = decryptAvailable(self.server)
+        self.assertEqual((first, second), (b"first", b"SECOND"))
+
+
+class FeedAndEncryptTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.server, self.client = pair()
+
+    def test_encryptTakesOneRecordAtATime(self) -> None:
+        """As pyOpenSSL's send in its partial-write mode: a view is taken without a copy."""
+        payload = b"y" * (RECORD + 100)
+        self.assertEqual(encrypt(self.client, payload), RECORD)
+        self.assertEqual(encrypt(self.client, memoryview(payload)[RECORD:]), 100)
+        feed(self.server, takeOutgoing(self.client))
+        self.assertEqual(decryptAvailable(self.server), (payload, None))
+
+    def test_feedTakesEverything(self) -> None:
+        self.client.send(b"fed")
+        records = takeOutgoing(self.client)
+        feed(self.server, records[:3])
+        feed(self.server, b"")
+        feed(self.server, records[3:])
+        self.assertEqual(incoming(self.server), len(records))
+        self.assertEqual(self.server.recv(RECORD), b"fed")
+
+    def test_encryptRaisesAsSendDoes(self) -> None:
+        """After close_notify was sent, writing fails the way pyOpenSSL's send fails."""
+        self.client.shutdown()
+        with self.assertRaises(SSL.Error) as ours:
+            encrypt(self.client, b"too late")
+        with self.assertRaises(SSL.Error) as theirs:
+            self.client.send(b"too late")
+        self.assertEqual(type(ours.exception), type(theirs.exception))
