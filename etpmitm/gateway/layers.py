@@ -19,7 +19,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from etpmitm.gateway._twisted import HalfCloseableTLS, writeNow
+from etpmitm.gateway._twisted import HalfCloseableTLS, quietEvents, writeNow
 from etpmitm.interfaces import ILayer, ILayerLink
 
 SideName = Literal["device", "origin"]
@@ -112,6 +112,8 @@ class Pipe:
         _transport(device).registerProducer(_transport(origin), True)
         _transport(origin).registerProducer(_transport(device), True)
         self._coupled = True
+        for side in (device, origin):
+            quietEvents(side.transport)  # both handshakes are done: events need no logging context
         self.layer.start(self)
         for side in (device, origin):
             pending, side.pending = side.pending, []
