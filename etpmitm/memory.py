@@ -4,8 +4,16 @@ glibc's malloc keeps freed memory for reuse: after a burst of connections
 with large buffers (slow readers hold up to a relay buffer each), the
 process's RSS stays at its peak.  ``malloc_trim(0)`` returns the free pages.
 It is called at most once per interval, and only when connections have
-ended since the last call.  Where the C library has no ``malloc_trim``
-(musl, macOS) nothing is done.
+ended since the last call; with ``settle``, also as soon as connections
+have ended and then none has for that long (a burst has closed).  Where the
+C library has no ``malloc_trim`` (musl, macOS) nothing is done.
+
+:func:`tuneMalloc` keeps the relay's socket reads off ``mmap``: Twisted
+reads into a fresh bytes object of the relay buffer's size (256 KiB) and
+shrinks it to what came, and above glibc's default threshold (128 KiB)
+every read was an ``mmap``, an ``mremap`` and a ``munmap``, with page
+faults.  Served from the heap, and with the heap's top kept until the
+trimmer gives it back, a read is one system call.
 """
 
 from __future__ import annotations
@@ -18,6 +26,27 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 TRIM_INTERVAL = 30.0
+TRIM_SETTLE = 2.0
+"""Seconds without a connection ending, after some ended, before the gateway trims."""
+
+MMAP_THRESHOLD = 4 * 2**20
+"""Allocations below this come from the heap (relay reads of up to 2 MiB, twice)."""
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
+"""Free heap top glibc keeps by itself; the trimmer returns it after connections end."""
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tuneMalloc(mmapThreshold: int = MMAP_THRESHOLD, trimThreshold: int = TRIM_THRESHOLD) -> bool:
+    """Set glibc's mmap and trim thresholds (``mallopt``); False where there is no ``mallopt``."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmapThreshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trimThreshold))
 
 
 def mallocTrim() -> Callable[[], int] | None:
@@ -32,25 +61,47 @@ def mallocTrim() -> Callable[[], int] | None:
 
 
 class Trimmer:
-    """Calls ``trim`` every ``interval`` seconds if ``ended()`` has grown since the last call."""
+    """Calls ``trim`` every ``interval`` seconds if ``ended()`` has grown since the last call.
+
+    With ``settle``, it also checks every ``settle`` seconds, and trims once
+    ``ended()`` has grown since the last trim but not since the last check:
+    a burst of connections has closed, and its memory goes back within
+    about two ``settle`` periods instead of up to ``interval``.  Under a
+    steady load connections end at every check, and only ``interval`` trims.
+    """
 
     def __init__(self, clock: IReactorTime, ended: Callable[[], int], trim: Callable[[], int] | None,
-                 interval: float = TRIM_INTERVAL) -> None:
+                 interval: float = TRIM_INTERVAL, settle: float | None = None) -> None:
         self._ended = ended
         self._trim = trim
         self._seen = ended()
+        self._lastCheck = self._seen
         self.trims = 0
         self._loop = LoopingCall(self._check)
         self._loop.clock = clock
         self._interval = interval
+        self._settle = settle
+        self._settleLoop = LoopingCall(self._checkSettled)
+        self._settleLoop.clock = clock
 
     def start(self) -> None:
         if self._trim is not None:
             self._loop.start(self._interval, now=False)
+            if self._settle is not None:
+                self._settleLoop.start(self._settle, now=False)
 
     def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._settleLoop):
+            if loop.running:
+                loop.stop()
+
+    def _checkSettled(self) -> None:
+        ended, last = self._ended(), self._lastCheck
+        self._lastCheck = ended
+        if ended == last and ended != self._seen and self._trim is not None:
+            self._seen = ended
+            self._trim()
+            self.trims += 1
 
     def _check(self) -> None:
         ended = self._ended()

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from etpmitm import audit
-from etpmitm.memory import Trimmer, mallocTrim
+from etpmitm.memory import TRIM_SETTLE, Trimmer, mallocTrim, tuneMalloc
 from etpmitm.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_PER_CLIENT, DEFAULT_PER_CLIENT_RATE, Admission
 from etpmitm.auditlog import AuditLogError, AuditLogFile, AuditLogService
 from etpmitm.ca.directory import CertificateAuthority, LeafKeyKind, load_ca
@@ -204,7 +204,8 @@ class GatewayService(MultiService):
 
         if self.master is not None:
             self.master.start()
-        self.trimmer = Trimmer(cast(IReactorTime, reactor), audit.ended, mallocTrim())
+        tuneMalloc()
+        self.trimmer = Trimmer(cast(IReactorTime, reactor), audit.ended, mallocTrim(), settle=TRIM_SETTLE)
         self.trimmer.start()
 
         def onHangup(signum: int, frame: object) -> None:

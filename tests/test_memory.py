@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from etpmitm.memory import Trimmer, mallocTrim
+from etpmitm.memory import Trimmer, mallocTrim, tuneMalloc
 
 
 class TrimmerTests(SynchronousTestCase):
@@ -42,3 +42,40 @@ class TrimmerTests(SynchronousTestCase):
             return
         assert trim is not None
         self.assertIn(trim(), (0, 1))
+
+
+class SettledTrimTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock, self.ended, self.calls = Clock(), [0], []
+        self.trimmer = Trimmer(self.clock, lambda: self.ended[0], lambda: self.calls.append(self.clock.seconds()) or 1,
+                               interval=30, settle=2)
+        self.trimmer.start()
+        self.addCleanup(self.trimmer.stop)
+
+    def test_aClosedBurstIsTrimmedSoon(self) -> None:
+        self.clock.advance(1)
+        self.ended[0] = 1000  # a burst of connections closes
+        self.clock.advance(1)  # t=2: they are still ending
+        self.assertEqual(self.calls, [])
+        self.clock.advance(2)  # t=4: none ended since the last check
+        self.assertEqual(self.calls, [4.0])
+        self.clock.advance(30)
+        self.assertEqual(self.calls, [4.0])  # nothing new to give back
+
+    def test_steadyLoadTrimsOnlyPerInterval(self) -> None:
+        for _ in range(30):
+            self.ended[0] += 10
+            self.clock.advance(1)
+        self.assertEqual(self.calls, [30.0])
+
+    def test_stopEndsBothLoops(self) -> None:
+        self.trimmer.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class TuneMallocTests(SynchronousTestCase):
+    def test_glibcTakesTheThresholds(self) -> None:
+        import platform
+
+        done = tuneMalloc()
+        self.assertEqual(done, platform.libc_ver()[0] == "glibc")
