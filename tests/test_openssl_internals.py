@@ -143,20 +143,20 @@ class DecryptAvailableTests(SynchronousTestCase):
         self.assertIsInstance(ended, SSL.Error)
         self.assertNotIsInstance(ended, SSL.ZeroReturnError)
 
-    def test_moreThanTheBufferTakesTwoCalls(self) -> None:
-        """Past the shared buffer's size the rest waits for the next call, in order."""
+    def test_moreThanTheSharedBuffer(self) -> None:
+        """Past the shared buffer's size the plaintext still comes whole and in order."""
         payload = bytes(range(256)) * (3 * 2**18 // 256)
         self.server.bio_write(self.send(*(payload[i : i + RECORD] for i in range(0, len(payload), RECORD))))
-        received = b""
-        calls = 0
-        while incoming(self.server):
-            data, ended = decryptAvailable(self.server)
-            self.assertIsNone(ended)
-            self.assertLessEqual(len(data), 2**18 + RECORD)
-            received += data
-            calls += 1
-        self.assertEqual(received, payload)
-        self.assertGreaterEqual(calls, 3)
+        self.assertEqual(decryptAvailable(self.server), (payload, None))
+        self.assertEqual(incoming(self.server), 0)
+
+    def test_moreThanTheSharedBufferToSend(self) -> None:
+        for i in range(0, 2**19, RECORD):
+            self.client.send(b"z" * RECORD)
+        waiting = outgoing(self.client)
+        self.assertGreater(waiting, 2**19)
+        self.server.bio_write(takeOutgoing(self.client))
+        self.assertEqual((outgoing(self.client), decryptAvailable(self.server)), (0, (b"z" * 2**19, None)))
 
     def test_theBufferIsCopiedOut(self) -> None:
         """What one call returned does not change when the shared buffer is reused."""

@@ -33,7 +33,7 @@ _ffi: Any = getattr(SSL, "_ffi")
 
 INTERNALS: dict[str, tuple[str, ...]] = {
     "OpenSSL.SSL": ("_lib", "_ffi"),
-    "OpenSSL.SSL._lib": ("SSL_read", "SSL_write", "SSL_pending", "BIO_write", "BIO_get_mem_data"),
+    "OpenSSL.SSL._lib": ("SSL_read", "SSL_write", "SSL_pending", "BIO_read", "BIO_write", "BIO_get_mem_data"),
     "OpenSSL.SSL.Connection": ("_ssl", "_into_ssl", "_from_ssl", "_raise_ssl_error", "_handle_bio_errors"),
 }
 """Private names used here, per owner."""
@@ -62,8 +62,14 @@ def outgoing(connection: SSL.Connection) -> int:
 
 def takeOutgoing(connection: SSL.Connection) -> bytes:
     """Everything in the write BIO (b"" when it is empty), without an exception."""
-    waiting = outgoing(connection)
-    return connection.bio_read(waiting) if waiting else b""
+    bio = connection._from_ssl
+    waiting = int(_lib.BIO_get_mem_data(bio, _ffi.NULL))
+    if not waiting:
+        return b""
+    if waiting > _SIZE:
+        return connection.bio_read(waiting)
+    _lib.BIO_read(bio, _pointer, waiting)  # a memory BIO hands over all it is asked for
+    return bytes(_view[:waiting])
 
 
 def feed(connection: SSL.Connection, data: bytes) -> None:
@@ -86,17 +92,22 @@ def encrypt(connection: SSL.Connection, data: bytes | memoryview) -> int:
 
 
 def decryptAvailable(connection: SSL.Connection) -> tuple[bytes, BaseException | None]:
-    """Decrypt every whole record waiting, up to about 256 KiB of plaintext.
+    """Decrypt every whole record waiting.
 
     Returns the plaintext (b"" if none) and what ended the reading, if not
     the lack of input: pyOpenSSL's ``ZeroReturnError`` for a close_notify, or
-    another ``SSL.Error``.  Call again while :func:`incoming` is non-zero
-    and the error is None: the buffer may have filled first.
+    another ``SSL.Error``.  A partial record stays in OpenSSL for the next
+    call.  Each ``SSL_read`` returns one record, 16 KiB of plaintext at most,
+    so nothing is left decrypted and unread once the read BIO is empty.
     """
-    ssl = connection._ssl
+    ssl, bio = connection._ssl, connection._into_ssl
+    parts: list[bytes] = []
     got = 0
     ended: BaseException | None = None
-    while got + RECORD <= _SIZE:
+    while True:
+        if got + RECORD > _SIZE:
+            parts.append(bytes(_view[:got]))
+            got = 0
         n = _lib.SSL_read(ssl, _pointer + got, RECORD)
         if n <= 0:
             try:
@@ -107,6 +118,8 @@ def decryptAvailable(connection: SSL.Connection) -> tuple[bytes, BaseException |
                 ended = e
             break
         got += n
-        if not incoming(connection):
+        if not _lib.BIO_get_mem_data(bio, _ffi.NULL):
             break
-    return (bytes(_view[:got]) if got else b""), ended
+    if got:
+        parts.append(bytes(_view[:got]))
+    return (parts[0] if len(parts) == 1 else b"".join(parts)), ended

@@ -29,7 +29,7 @@ from twisted.python import log as legacyLog
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from etpmitm.gateway._openssl import decryptAvailable, encrypt, feed, incoming, takeOutgoing
+from etpmitm.gateway._openssl import decryptAvailable, encrypt, feed, takeOutgoing
 
 INTERNALS: dict[type, tuple[str, ...]] = {
     TLSMemoryBIOProtocol: (
@@ -216,33 +216,21 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
         # Deliver everything one TCP read decrypted to in one call: a relay
         # then forwards it with one write instead of one per 16 KiB record.
         # Reading stops when no input is left, not at a raised WantReadError.
-        chunks: list[bytes] = []
-        ended = False
-        failed: Failure | None = None
-        connection = self._tlsConnection
-        while not self._lostTLSConnection and not self._readClosed:
+        if self._lostTLSConnection or self._readClosed:
+            data, stop = b"", None
+        else:
             try:
-                data, stop = decryptAvailable(connection)
-            except Error:  # raised by a pyOpenSSL callback's helper
-                failed = Failure()
-                break
-            if data:
-                chunks.append(data)
-            if isinstance(stop, ZeroReturnError):
-                ended = True
-                break
-            if stop is not None:
-                failed = Failure(stop)
-                break
-            if not data or not incoming(connection):
-                break
-        if chunks and not self._aborted:
-            ProtocolWrapper.dataReceived(self, chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        if ended and not self._lostTLSConnection:
-            self.closeNotifyReceived = True
-            self._endOfInput()
-        elif failed is not None:
-            self._tlsShutdownFinished(failed)
+                data, stop = decryptAvailable(self._tlsConnection)
+            except Error as e:  # raised by a pyOpenSSL callback's helper
+                data, stop = b"", e
+        if data and not self._aborted:
+            ProtocolWrapper.dataReceived(self, data)
+        if isinstance(stop, ZeroReturnError):
+            if not self._lostTLSConnection:
+                self.closeNotifyReceived = True
+                self._endOfInput()
+        elif stop is not None:
+            self._tlsShutdownFinished(Failure(stop))
         # Closing a TCP connection whose write side is already shut calls
         # connectionLost at once, which drops the TLS connection.
         if self._tlsConnection is not None:
