@@ -16,12 +16,21 @@ CPU per MB through the bench (bench.py, "bulk") is compared with it.
 
 It prints the median of ``--repeat`` runs as CPU ms per MB (MB = 10^6 bytes;
 process CPU time, so a busy machine changes it little) and as a JSON line.
+
+``--memory`` also prints the floor of an idle relayed connection's memory:
+what glibc's malloc holds (``mallinfo2``) per ``SSL`` object as created, and
+per end after a handshake and one 1 KiB exchange each way, with the
+gateway's contexts (``SSL_MODE_RELEASE_BUFFERS`` on).  A relayed connection
+holds two ends: a server end towards the device, a client end towards the
+origin.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
+import gc
 import json
 import statistics
 import sys
@@ -55,15 +64,17 @@ def _certificate() -> tuple[crypto.X509, crypto.PKey]:
     return crypto.X509.from_cryptography(cert), crypto.load_privatekey(crypto.FILETYPE_PEM, pem)
 
 
-def _pair() -> tuple[SSL.Connection, SSL.Connection]:
+def _pair(server_context: SSL.Context | None = None, client_context: SSL.Context | None = None,
+          ) -> tuple[SSL.Connection, SSL.Connection]:
     """(server, client), handshaken over memory BIOs with the gateway's contexts."""
-    cert, key = _certificate()
-    server_context = hardened_context()
-    server_context.use_certificate(cert)
-    server_context.use_privatekey(key)
+    if server_context is None:
+        cert, key = _certificate()
+        server_context = hardened_context()
+        server_context.use_certificate(cert)
+        server_context.use_privatekey(key)
     server = SSL.Connection(server_context, None)
     server.set_accept_state()
-    client = SSL.Connection(hardened_context(), None)
+    client = SSL.Connection(client_context or hardened_context(), None)
     client.set_connect_state()
     for _ in range(10):
         for a, b in ((client, server), (server, client)):
@@ -127,16 +138,67 @@ def relay_once(megabytes: int) -> float:
     return spent / (relayed / MB)
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _malloced() -> int:
+    """Bytes in use from glibc's malloc (in the heap and mmapped)."""
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return int(info.uordblks + info.hblkhd)
+
+
+def memory_floor(count: int = 500) -> dict[str, float]:
+    """KiB malloc'd per bare SSL object, and per handshaken server and client end."""
+    cert, key = _certificate()
+    server_context = hardened_context()
+    server_context.use_certificate(cert)
+    server_context.use_privatekey(key)
+    client_context = hardened_context()
+    figures: dict[str, float] = {}
+    gc.collect()
+    before = _malloced()
+    bare = [SSL.Connection(server_context, None) for _ in range(count)]
+    figures["bare_ssl_kib"] = (_malloced() - before) / count / 1024
+    del bare
+    for side in ("server", "client"):
+        kept: list[SSL.Connection] = []
+        gc.collect()
+        before = _malloced()
+        for _ in range(count):
+            server, client = _pair(server_context, client_context)
+            for a, b in ((client, server), (server, client)):
+                a.send(b"x" * 1024)
+                _move(a, b)
+                b.recv(RECORD)
+            kept.append(server if side == "server" else client)
+            del server, client
+        gc.collect()
+        figures[f"{side}_end_kib"] = (_malloced() - before) / count / 1024
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--mb", type=int, default=256, help="MB relayed per run (default 256)")
     parser.add_argument("--repeat", type=int, default=5, help="runs; the median is reported (default 5)")
+    parser.add_argument("--memory", action="store_true", help="also the memory floor of OpenSSL's per-connection state")
     args = parser.parse_args(argv)
     runs = [relay_once(args.mb) * 1000 for _ in range(args.repeat)]
     median = statistics.median(runs)
     print(f"crypto only, decrypt + re-encrypt: {median:.3f} ms CPU per MB "
           f"(median of {args.repeat} x {args.mb} MB; runs {', '.join(f'{r:.3f}' for r in runs)})")
-    print(json.dumps({"crypto_ms_per_MB": median, "runs_ms_per_MB": runs, "megabytes": args.mb}))
+    result: dict[str, object] = {"crypto_ms_per_MB": median, "runs_ms_per_MB": runs, "megabytes": args.mb}
+    if args.memory:
+        floor = memory_floor()
+        print(f"malloc'd per SSL object: {floor['bare_ssl_kib']:.1f} KiB as created; after a handshake and 1 KiB "
+              f"each way: {floor['server_end_kib']:.1f} KiB server end, {floor['client_end_kib']:.1f} KiB client end "
+              f"(a relayed connection holds one of each: {floor['server_end_kib'] + floor['client_end_kib']:.1f} KiB)")
+        result["memory_floor"] = floor
+    print(json.dumps(result))
     return 0
 
 
