@@ -8,6 +8,14 @@ ended since the last call; with ``settle``, also as soon as connections
 have ended and then none has for that long (a burst has closed).  Where the
 C library has no ``malloc_trim`` (musl, macOS) nothing is done.
 
+What a closed connection leaves is mostly not free yet: its Twisted
+protocols, factories and closures refer to each other, so its OpenSSL state
+(about 70 KiB a relayed connection, see ``bench/crypto_bench.py --memory``)
+goes only when Python's cycle collector runs, and that runs on allocations,
+which stop when the gateway goes quiet.  So once a burst has closed (the
+``settle`` check) the trimmer runs ``collect`` (a full ``gc.collect``)
+before trimming.
+
 :func:`tuneMalloc` keeps the relay's socket reads off ``mmap``: Twisted
 reads into a fresh bytes object of the relay buffer's size (256 KiB) and
 shrinks it to what came, and above glibc's default threshold (128 KiB)
@@ -66,12 +74,15 @@ class Trimmer:
     With ``settle``, it also checks every ``settle`` seconds, and trims once
     ``ended()`` has grown since the last trim but not since the last check:
     a burst of connections has closed, and its memory goes back within
-    about two ``settle`` periods instead of up to ``interval``.  Under a
-    steady load connections end at every check, and only ``interval`` trims.
+    about two ``settle`` periods instead of up to ``interval``; ``collect``
+    runs first there (under load, allocations run the cycle collector
+    anyway).  Under a steady load connections end at every check, and only
+    ``interval`` trims.
     """
 
     def __init__(self, clock: IReactorTime, ended: Callable[[], int], trim: Callable[[], int] | None,
-                 interval: float = TRIM_INTERVAL, settle: float | None = None) -> None:
+                 interval: float = TRIM_INTERVAL, settle: float | None = None,
+                 collect: Callable[[], object] | None = None) -> None:
         self._ended = ended
         self._trim = trim
         self._seen = ended()
@@ -81,6 +92,7 @@ class Trimmer:
         self._loop.clock = clock
         self._interval = interval
         self._settle = settle
+        self._collect = collect
         self._settleLoop = LoopingCall(self._checkSettled)
         self._settleLoop.clock = clock
 
@@ -100,6 +112,8 @@ class Trimmer:
         self._lastCheck = ended
         if ended == last and ended != self._seen and self._trim is not None:
             self._seen = ended
+            if self._collect is not None:
+                self._collect()
             self._trim()
             self.trims += 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import re
@@ -205,7 +206,7 @@ class GatewayService(MultiService):
         if self.master is not None:
             self.master.start()
         tuneMalloc()
-        self.trimmer = Trimmer(cast(IReactorTime, reactor), audit.ended, mallocTrim(), settle=TRIM_SETTLE)
+        self.trimmer = Trimmer(cast(IReactorTime, reactor), audit.ended, mallocTrim(), settle=TRIM_SETTLE, collect=gc.collect)
         self.trimmer.start()
 
         def onHangup(signum: int, frame: object) -> None:

@@ -68,6 +68,22 @@ class SettledTrimTests(SynchronousTestCase):
             self.clock.advance(1)
         self.assertEqual(self.calls, [30.0])
 
+    def test_collectsCyclesBeforeTheSettledTrim(self) -> None:
+        """Closed connections' reference cycles are collected first, so the trim finds their memory free."""
+        order: list[str] = []
+        trimmer = Trimmer(self.clock, lambda: self.ended[0], lambda: order.append("trim") or 1,
+                          interval=30, settle=2, collect=lambda: order.append("collect"))
+        trimmer.start()
+        self.addCleanup(trimmer.stop)
+        self.ended[0] = 5
+        self.clock.advance(2)
+        self.clock.advance(2)
+        self.assertEqual(order, ["collect", "trim"])
+        for _ in range(13):  # steady load up to t=30: only the interval's trim, without a full collection
+            self.ended[0] += 1
+            self.clock.advance(2)
+        self.assertEqual(order, ["collect", "trim", "trim"])
+
     def test_stopEndsBothLoops(self) -> None:
         self.trimmer.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -115,7 +115,10 @@ def decryptAvailable(connection: SSL.Connection) -> tuple[bytes, BaseException |
             except WantReadError:
                 pass
             except SSL.Error as e:
-                ended = e
+                # Without its traceback: the traceback holds this frame,
+                # which holds the error, a cycle that would keep both
+                # connections (and their OpenSSL state) until a full GC.
+                ended = e.with_traceback(None)
             break
         got += n
         if not _lib.BIO_get_mem_data(bio, _ffi.NULL):
