@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import time
 from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
@@ -36,6 +37,8 @@ from twisted.internet.task import LoopingCall
 TRIM_INTERVAL = 30.0
 TRIM_SETTLE = 2.0
 """Seconds without a connection ending, after some ended, before the gateway trims."""
+QUIET_SHARE = 0.1
+"""... and with the process using less than this share of a core meanwhile."""
 
 MMAP_THRESHOLD = 4 * 2**20
 """Allocations below this come from the heap (relay reads of up to 2 MiB, twice)."""
@@ -72,7 +75,9 @@ class Trimmer:
     """Calls ``trim`` every ``interval`` seconds if ``ended()`` has grown since the last call.
 
     With ``settle``, it also checks every ``settle`` seconds, and trims once
-    ``ended()`` has grown since the last trim but not since the last check:
+    ``ended()`` has grown since the last trim but not since the last check,
+    and the process (``cpu()``, CPU seconds) was quiet meanwhile (a full
+    collection is not free, and a busy gateway allocates, so collects, anyway):
     a burst of connections has closed, and its memory goes back within
     about two ``settle`` periods instead of up to ``interval``; ``collect``
     runs first there (under load, allocations run the cycle collector
@@ -82,7 +87,8 @@ class Trimmer:
 
     def __init__(self, clock: IReactorTime, ended: Callable[[], int], trim: Callable[[], int] | None,
                  interval: float = TRIM_INTERVAL, settle: float | None = None,
-                 collect: Callable[[], object] | None = None) -> None:
+                 collect: Callable[[], object] | None = None, cpu: Callable[[], float] = time.process_time,
+                 quiet: float = QUIET_SHARE) -> None:
         self._ended = ended
         self._trim = trim
         self._seen = ended()
@@ -93,6 +99,9 @@ class Trimmer:
         self._interval = interval
         self._settle = settle
         self._collect = collect
+        self._cpu = cpu
+        self._quiet = quiet
+        self._lastCpu = cpu()
         self._settleLoop = LoopingCall(self._checkSettled)
         self._settleLoop.clock = clock
 
@@ -109,8 +118,11 @@ class Trimmer:
 
     def _checkSettled(self) -> None:
         ended, last = self._ended(), self._lastCheck
-        self._lastCheck = ended
-        if ended == last and ended != self._seen and self._trim is not None:
+        cpu, lastCpu = self._cpu(), self._lastCpu
+        self._lastCheck, self._lastCpu = ended, cpu
+        assert self._settle is not None
+        quiet = cpu - lastCpu < self._quiet * self._settle
+        if ended == last and ended != self._seen and quiet and self._trim is not None:
             self._seen = ended
             if self._collect is not None:
                 self._collect()

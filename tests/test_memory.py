@@ -84,6 +84,21 @@ class SettledTrimTests(SynchronousTestCase):
             self.clock.advance(2)
         self.assertEqual(order, ["collect", "trim", "trim"])
 
+    def test_noSettledTrimWhileBusy(self) -> None:
+        """Connections stopped ending but the process is busy (long ones relaying): no full collection."""
+        spent, order = [0.0], []
+        trimmer = Trimmer(self.clock, lambda: self.ended[0], lambda: order.append("trim") or 1,
+                          interval=30, settle=2, collect=lambda: order.append("collect"), cpu=lambda: spent[0])
+        trimmer.start()
+        self.addCleanup(trimmer.stop)
+        self.ended[0] = 5
+        for _ in range(3):
+            spent[0] += 1.0  # half a core
+            self.clock.advance(2)
+        self.assertEqual(order, [])
+        self.clock.advance(2)  # quiet now
+        self.assertEqual(order, ["collect", "trim"])
+
     def test_stopEndsBothLoops(self) -> None:
         self.trimmer.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
