@@ -778,6 +778,12 @@ def slow_reader(bench: Bench, settings: Settings) -> int:
         reader.wait(10)
 
 
+AFTER_CLOSE = 6.0
+"""Seconds from closing the held connections to reading RSS: the gateway gives
+a closed burst's memory back once no connection has ended for a while
+(etpmitm.memory, TRIM_SETTLE), not at once."""
+
+
 def memory(bench: Bench, settings: Settings, idle_start: int) -> dict[str, Any]:
     """Gateway RSS at idle, with settings.hold open connections, under a slow reader.
 
@@ -787,10 +793,10 @@ def memory(bench: Bench, settings: Settings, idle_start: int) -> dict[str, Any]:
     settle(2)
     idle = bench.rss()
     opened, held, seconds = hold_connections(bench, settings.hold)
-    settle(2)
+    settle(AFTER_CLOSE)
     after = bench.rss()
     opened2, held2, _ = hold_connections(bench, settings.hold)
-    settle(2)
+    settle(AFTER_CLOSE)
     after2 = bench.rss()
     slow = slow_reader(bench, settings)
     per_connection = (held - idle) / opened if opened else float("nan")

@@ -202,15 +202,25 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
         self._checkHandshakeStatus()
 
     def dataReceived(self, data: bytes) -> None:
-        """Bytes from TCP; what they cause to be sent leaves together at the end."""
-        holding(self._received if self._handshakeDone else super().dataReceived, data)
+        """Bytes from TCP; what they cause to be sent leaves together at the end.
 
-    def _received(self, data: bytes) -> None:
-        """``TLSMemoryBIOProtocol.dataReceived`` once the handshake is done."""
-        feed(self._tlsConnection, data)
-        if self._appSendBuffer:
-            self._unbufferPendingWrites()
-        self._flushReceiveBIO()
+        :func:`holding` written out, and after the handshake
+        ``TLSMemoryBIOProtocol.dataReceived`` too: this runs once per socket
+        read of every relayed connection."""
+        global _depth
+        _depth += 1
+        try:
+            if not self._handshakeDone:
+                super().dataReceived(data)
+            else:
+                feed(self._tlsConnection, data)
+                if self._appSendBuffer:
+                    self._unbufferPendingWrites()
+                self._flushReceiveBIO()
+        finally:
+            _depth -= 1
+            if not _depth and _held:
+                _flushHeld()
 
     def _flushReceiveBIO(self) -> None:
         # Deliver everything one TCP read decrypted to in one call: a relay
