@@ -35,7 +35,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 TRIM_INTERVAL = 30.0
-TRIM_SETTLE = 2.0
+TRIM_SETTLE = 1.0
 """Seconds without a connection ending, after some ended, before the gateway trims."""
 QUIET_SHARE = 0.1
 """... and with the process using less than this share of a core meanwhile."""
