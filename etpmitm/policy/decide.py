@@ -14,6 +14,7 @@ from typing import Literal
 import attrs
 
 from etpmitm.http import RequestHead, RequestVerdict
+from etpmitm.icap.settings import IcapSettings
 from etpmitm.policy.patterns import (
     HostPattern,
     IPAddress,
@@ -208,6 +209,8 @@ class Policy:
     """``[inspect] max_headers``: more header fields in one request is refused (400)."""
     audit_query: bool = False
     """``[audit] query``: log request paths with their query string."""
+    icap: IcapSettings | None = None
+    """``[icap]``: the content scanner's settings, or None: no scanning."""
     _index: _Index = attrs.field(
         init=False, eq=False, repr=False, default=attrs.Factory(_make_index, takes_self=True)
     )

@@ -25,6 +25,7 @@ from etpmitm.policy.decide import (
     Policy,
     Rule,
 )
+from etpmitm.icap.settings import ICAP_KEYS, IcapSettings, parse_icap
 from etpmitm.policy.urls import parse_url_pattern
 from etpmitm.policy.lines import KeyLines
 from etpmitm.policy.lines import Path as KeyPath
@@ -41,6 +42,7 @@ _SECTIONS: dict[str, Collection[str]] = {
     "learning": ("enabled", "failures", "window", "ttl", "max_entries", "scope", "min_clients"),
     "inspect": ("http", "strip_quic", "max_headers"),
     "audit": ("query",),
+    "icap": ICAP_KEYS,
 }
 _RULE_KEYS = ("match", "urls", "methods", "action", "ports", "clients", "name")
 _MAX_HEADERS = 10_000
@@ -136,7 +138,13 @@ class _Checker:
             strip_quic=self.flag(inspect, ("inspect", "strip_quic"), True),
             max_headers=self.max_headers(inspect),
             audit_query=self.flag(audit, ("audit", "query"), False),
+            icap=self.icap(document),
         )
+
+    def icap(self, document: Mapping[str, object]) -> IcapSettings | None:
+        if "icap" not in document:
+            return None
+        return parse_icap(self.section(document, "icap"), lambda key, problem: self.fail(("icap", key), problem))
 
     def section(self, document: Mapping[str, object], name: str) -> dict[str, object]:
         table = document.get(name, {})
