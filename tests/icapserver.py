@@ -164,6 +164,8 @@ class IcapServerProtocol(Protocol):
         fields = [f'ISTag: "{ISTAG}"', "Methods: RESPMOD, REQMOD", "Allow: 204", "Options-TTL: 60"]
         if self.preview is not None:
             fields.append(f"Preview: {self.preview}")
+        if self.behaviour.startswith("max-connections-"):
+            fields.append(f"Max-Connections: {self.behaviour.rpartition('-')[2]}")
         self.send(("ICAP/1.0 200 OK\r\n" + "\r\n".join(fields) + "\r\nEncapsulated: null-body=0\r\n\r\n").encode())
 
     def after_preview(self) -> None:
@@ -177,7 +179,7 @@ class IcapServerProtocol(Protocol):
     def final(self) -> None:
         assert self.current is not None
         behaviour = self.behaviour
-        if behaviour == "stall":
+        if behaviour == "stall" or behaviour.startswith("max-connections-"):
             return
         if behaviour == "garbage":
             self.send(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")

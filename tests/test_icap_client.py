@@ -206,6 +206,15 @@ class PoolTests(ClientTestCase):
         results = [self.drive(d) for d in scans]
         self.assertEqual({r.outcome for r in results}, {"error"})
 
+    def test_server_max_connections_caps_the_pool(self) -> None:
+        scanner, _ = self.scanner("max-connections-1", connections=4, timeout=5)
+        self.assertEqual(self.drive(scanner.scan(self.respmod(b"x"))).outcome, "error")  # stalls; learns the cap
+        self.assertEqual(self.log.connections, 1)
+        scans = [scanner.scan(self.respmod(b"x")) for _ in range(3)]
+        self.net.flush()
+        self.assertEqual(self.log.connections, 2)  # one at a time (the first was dropped on its timeout)
+        self.assertEqual({self.drive(d).outcome for d in scans}, {"error"})
+
     def test_waiting_scans_get_freed_connections(self) -> None:
         scanner, _ = self.scanner(connections=1)
         scans = [scanner.scan(self.respmod(b"y" * 100)) for _ in range(4)]

@@ -170,6 +170,7 @@ class IcapScanner:
         conn.write(options_request(service.url))
         options = parse_options(await answer)
         service.options = options
+        service.pool.limit(options.max_connections)
         ttl = options.ttl if options.ttl is not None else 3600
         service.options_expire = self._reactor.seconds() + ttl
         return options

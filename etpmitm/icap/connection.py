@@ -147,6 +147,7 @@ class Pool:
 
     def __init__(self, endpoint: IStreamClientEndpoint, size: int) -> None:
         self._endpoint = endpoint
+        self._configured = size
         self._size = size
         self._idle: list[IcapConnection] = []
         self._waiters: deque[Deferred[None]] = deque()
@@ -154,6 +155,11 @@ class Pool:
         """Connections open or being opened."""
         self.opened = 0
         """Connections opened so far (for tests and stats)."""
+
+    def limit(self, most: int | None) -> None:
+        """Open at most *most* connections (the server's ``Max-Connections``),
+        never more than configured; None: as configured.  Open ones stay."""
+        self._size = self._configured if most is None else max(1, min(self._configured, most))
 
     @property
     def idle(self) -> int:
