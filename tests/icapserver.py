@@ -190,6 +190,8 @@ class IcapServerProtocol(Protocol):
         infected = MARKER in self.current.body
         if not infected and behaviour not in ("wrong-encapsulated", "truncate", "modify", "big-body"):
             self.send(f'ICAP/1.0 204 No Content\r\nISTag: "{ISTAG}"\r\nEncapsulated: null-body=0\r\n\r\n'.encode())
+            if behaviour == "extra-after-204":
+                self.send(b"surprise")
             return
         body = _BLOCK_PAGE
         if behaviour == "big-body":

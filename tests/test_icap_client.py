@@ -215,6 +215,12 @@ class PoolTests(ClientTestCase):
         self.assertEqual(self.log.connections, 2)  # one at a time (the first was dropped on its timeout)
         self.assertEqual({self.drive(d).outcome for d in scans}, {"error"})
 
+    def test_connection_with_unsolicited_data_is_not_reused(self) -> None:
+        scanner, _ = self.scanner("extra-after-204")
+        self.assertEqual(self.drive(scanner.scan(self.respmod(b"x"))).outcome, "clean")
+        self.assertEqual(self.drive(scanner.scan(self.respmod(b"x"))).outcome, "clean")
+        self.assertEqual(self.log.connections, 2)
+
     def test_waiting_scans_get_freed_connections(self) -> None:
         scanner, _ = self.scanner(connections=1)
         scans = [scanner.scan(self.respmod(b"y" * 100)) for _ in range(4)]

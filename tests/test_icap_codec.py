@@ -193,6 +193,23 @@ class ResponseTests(SynchronousTestCase):
     def test_fuzz_mutated_block_page(self, at: int, junk: bytes, cuts: list[int]) -> None:
         self._feed_pieces(BLOCK[:at] + junk + BLOCK[at + len(junk) :], cuts)
 
+    @settings(max_examples=200, deadline=2000)
+    @given(st.lists(st.binary(min_size=1, max_size=300), max_size=8), st.lists(st.integers(1, 100), max_size=30))
+    def test_chunked_body_round_trip(self, chunks: list[bytes], cuts: list[int]) -> None:
+        head = b"HTTP/1.1 200 OK\r\n\r\n"
+        data = b"ICAP/1.0 200 OK\r\nEncapsulated: res-hdr=0, res-body=%d\r\n\r\n" % len(head) + head
+        data += b"".join(encode_chunk(c) for c in chunks) + last_chunk() + b"ICAP/1.0 100"
+        parser, response, rest = ResponseParser(), None, data
+        for cut in [*cuts, len(data)]:
+            piece, rest = rest[:cut], rest[cut:]
+            response = parser.feed(piece)
+            if response is not None:
+                rest = parser.leftover + rest
+                break
+        assert response is not None
+        self.assertEqual(response.body, b"".join(chunks))
+        self.assertEqual(rest, b"ICAP/1.0 100")
+
     def _feed_pieces(self, data: bytes, cuts: list[int]) -> None:
         parser = ResponseParser(max_head=4096, max_body=4096)
         pieces, rest = [], data

@@ -9,7 +9,7 @@ from typing import cast
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IConsumer, IPushProducer, IStreamClientEndpoint, ITCPTransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -118,7 +118,7 @@ class IcapConnection(Protocol):
         if self.transport is not None and self.connected:
             self._tcp().abortConnection()
 
-    def connectionLost(self, reason: Failure = Failure(Exception("lost"))) -> None:  # noqa: B008
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         why = None
         if self._parser is not None and self._answer is not None and not self._answer.called:
