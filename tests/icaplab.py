@@ -20,7 +20,9 @@ Use::
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -216,9 +218,6 @@ class IcapLab:
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """Stop a process the lab started (its own session: the whole group)."""
-    import os
-    import signal
-
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
