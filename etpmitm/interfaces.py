@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from zope.interface import Attribute, Interface
 
 
@@ -31,6 +33,13 @@ class ILayerLink(Interface):
 
     def resumeReading(side: str) -> None:
         """Read from ``side`` again."""
+
+    def whenDrained(side: str, callback: Callable[[], None]) -> bool:
+        """If ``side`` is not keeping up with what it was sent (its peer stopped
+        being read), call ``callback()`` once it drains and return True; else
+        return False (send on).  A layer that releases held bytes paces itself
+        with it; it works only for a layer whose ``paced`` attribute is true
+        when the link starts it (others always get False)."""
 
     def fail(reason: str) -> None:
         """Record why this connection is an error (first reason wins), without closing it."""
