@@ -19,6 +19,7 @@ from etpmitm.gateway.http1 import HTTP1Layer
 from etpmitm.gateway.http2 import http2Layer
 from etpmitm.gateway.layers import OpaqueRelay
 from etpmitm.gateway.scanhttp1 import ScanningHTTP1Layer
+from etpmitm.gateway.scanhttp2 import scanningHTTP2Layer
 from etpmitm.gateway.settings import GatewaySettings
 from etpmitm.http import Judge
 from etpmitm.interfaces import ILayer, ILayerLink
@@ -59,6 +60,8 @@ def inspectingLayer(
             )
 
         if record.alpn == "h2":
+            if scanner is not None:
+                return scanningHTTP2Layer(settings, record, rule, scanner)
             return http2Layer(settings, record, rule)
         if record.alpn == "http/1.1":
             return http1()
