@@ -61,6 +61,11 @@ class ILayer(Interface):
     them on, hold them, answer the device itself, or end the connection,
     through its :class:`ILayerLink`.  The opaque relay is the default layer;
     the HTTP inspectors are others.  Methods must not block.
+
+    A layer may also have ``holdsFor(side) -> bool``: while it is true, a
+    side whose peer closed cleanly is left open for the layer to pass on what
+    it holds (a message held for a content scan); the layer's
+    ``endToDevice``/``endToOrigin`` (or ``close``) then closes it.
     """
 
     name = Attribute("A short name for the audit log, such as 'opaque'.")

@@ -106,6 +106,8 @@ class Pipe:
         self._closing = False
         self._coupled = False
         self._drains: dict[str, _Drain] = {}
+        self._ending: Side | None = None
+        """A side whose peer is gone, left open while the layer passes on what it holds for it."""
 
     def start(self) -> None:
         """Wire the producers, start the layer, then deliver what arrived early."""
@@ -150,9 +152,14 @@ class Pipe:
         if not peer.connected:
             self.layer.closed()
             return
+        clean = isinstance(reason.value, ConnectionDone)
+        holdsFor = getattr(self.layer, "holdsFor", None)
+        if clean and not self._closing and holdsFor is not None and holdsFor(peer.name):
+            self._ending = peer  # the layer passes on what it holds for the peer, then ends it
+            return
         self._decouple()  # the lost side can produce no more; a TLS close then proceeds
         transport = _transport(peer)
-        if isinstance(reason.value, ConnectionDone) or self._closing:
+        if clean or self._closing:
             transport.loseConnection()
             return
         lost = f"{side.name} connection lost: {reason.getErrorMessage()}"
@@ -244,6 +251,10 @@ class Pipe:
 
     def _endTo(self, side: Side, clean: bool) -> None:
         if side.writeEnded or not side.connected:
+            return
+        if side is self._ending:  # its peer is gone: close it now, as lost() would have
+            self._decouple()
+            _transport(side).loseConnection()
             return
         side.writeEnded = True
         transport = _transport(side)

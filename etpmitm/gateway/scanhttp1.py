@@ -122,6 +122,10 @@ class ScanningHTTP1Layer(HTTP1Layer):
                 self._fill(self._records[number], exchange)
         super().closed()
 
+    def holdsFor(self, side: str) -> bool:
+        """Whether a response held for the device is still to be passed on (see :class:`ILayer`)."""
+        return side == "device" and self._deviceQueue is not None and not self._gone
+
     # -- routing the observer's actions ------------------------------------------------------
 
     def _apply(self, actions: list[Action]) -> None:
@@ -443,6 +447,7 @@ class ScanningHTTP1Layer(HTTP1Layer):
             self._override(down.exchange, reason=f"not delivered: {why}")
             down.close()
         self._down = None
+        self._resumeDevice()
 
     def _dropUp(self, why: str) -> None:
         up = self._up

@@ -81,6 +81,10 @@ class ScanningHTTP2Layer(HTTP2Layer):
         self._requests: dict[int, Headers] = {}
         """Each forwarded request's header block, by device stream id, for its response's scan."""
 
+    def holdsFor(self, side: str) -> bool:
+        """Whether a response held for the device is still to be passed on (see :class:`ILayer`)."""
+        return side == "device" and bool(self._downHolds) and not self._done
+
     # -- the device's events --------------------------------------------------------------
 
     def _request(self, event: h2.events.RequestReceived) -> None:
