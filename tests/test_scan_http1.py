@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import attrs
 
+from etpmitm.audit import ConnectionRecord
+from etpmitm.auditlog import FIELDS, auditRecord
+from etpmitm.gateway.http1 import HTTP1Layer
+from etpmitm.gateway.http2 import HTTP2Layer
 from etpmitm.gateway.inspect import inspectingLayer
+from etpmitm.http import allow_all
 from etpmitm.gateway.scanhttp1 import ScanningHTTP1Layer
 from etpmitm.scanning import SPOOL_MEMORY, Message
 from tests.corelab import CoreTestCase, Peer
@@ -358,6 +364,46 @@ class OversizeAllowTests(ScanCase):
         self.send(origin, b"0\r\n\r\n")
         self.assertEqual(self.take(device), b"0\r\n\r\n")
         self.assertEqual(self.scanner.scans_, [])
+
+
+class ScannerFailureTests(ScanCase):
+    kinds = ("respmod",)
+
+    def test_aScannerThatErrbacksBlocksWithALoggedReason(self) -> None:
+        device, origin = self.relaying()
+        self.send(device, GET)
+        self.take(origin)
+        self.send(origin, OK)
+        self.scanner.scans_[0].answer.errback(RuntimeError("scanner bug"))
+        self.settle()
+        self.assertIn(b"403 Forbidden", self.take(device))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.endBoth(device, origin)
+        event = self.requests()[0]
+        self.assertEqual((event["action"], event["scan"][0]["result"]), ("block", "error"))
+
+    def test_theAuditLineIsJSON(self) -> None:
+        device, origin = self.relaying()
+        self.send(device, GET)
+        self.take(origin)
+        self.send(origin, OK)
+        self.scanner.scans_[0].blocks()
+        self.settle()
+        self.endBoth(device, origin)
+        line = json.loads(json.dumps(auditRecord(self.requests()[0])))
+        self.assertEqual(line["scan"], [{"kind": "respmod", "service": SERVICE, "istag": "tag-1", "result": "infected",
+                                         "threat": "Eicar-Test-Signature", "duration": 0.0}])
+        self.assertIn("scan", FIELDS["request"])
+
+
+class NoScannerTests(CoreTestCase):
+    def test_withoutAScannerTheLayersAreThePlainOnes(self) -> None:
+        layerFor = inspectingLayer(self.settings)
+        record = ConnectionRecord(client="192.0.2.1:1", destination="192.0.2.2:443", started=0.0)
+        record.alpn = "http/1.1"
+        self.assertIs(type(layerFor(record, allow_all)), HTTP1Layer)
+        record.alpn = "h2"
+        self.assertIs(type(layerFor(record, allow_all)), HTTP2Layer)
 
 
 class OversizeBlockTests(ScanCase):
