@@ -225,6 +225,30 @@ class ScanHTTP1Tests(ScanCase):
         self.assertEqual(self.take(device), b"HTTP/1.1 204 No Content\r\n\r\n")
         self.assertEqual(self.scanner.scans_, [])
 
+    def test_blockedPipelinedUploadIsAnsweredAfterTheHeldResponseBeforeIt(self) -> None:
+        device, origin = self.relaying()
+        upload = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(EICAR) + EICAR
+        self.send(device, GET + upload)
+        self.assertEqual(self.take(origin), GET)
+        self.send(origin, OK)
+        respmod, reqmod = self.scanner.scans_
+        self.assertEqual((respmod.job.kind, reqmod.job.kind, reqmod.body), ("respmod", "reqmod", EICAR))
+        reqmod.blocks()
+        self.settle()
+        self.assertEqual(self.take(device), b"")  # the first response's verdict is still pending
+        respmod.passes()
+        self.settle()
+        received = self.take(device)
+        self.assertTrue(received.startswith(OK + b"HTTP/1.1 403 Forbidden\r\n"), received[:200])
+        self.assertTrue(device.readEnded)
+        self.assertEqual(origin.received, b"")  # the upload never reached the origin
+        device.tls.loseConnection()
+        origin.tls.loseConnection()
+        self.net.flush()
+        first, second = self.requests()
+        self.assertEqual((first["action"], first["status"], first["scan"][0]["result"]), ("allow", 200, "clean"))
+        self.assertEqual((second["action"], second["status"], second["scan"][0]["result"]), ("block", 403, "infected"))
+
     def test_pipelinedResponsesWaitInOrder(self) -> None:
         device, origin = self.relaying()
         second = GET.replace(b"/a", b"/b")

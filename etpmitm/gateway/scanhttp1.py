@@ -105,6 +105,8 @@ class ScanningHTTP1Layer(HTTP1Layer):
         self._scans: dict[int, list[dict[str, Any]]] = {}
         self._originPaused = False
         self._gone = False
+        self._quiet = False
+        """The connection ends once what waits for the device is out: the observer is not heard any more."""
 
     # -- ILayer ------------------------------------------------------------------------
 
@@ -127,6 +129,14 @@ class ScanningHTTP1Layer(HTTP1Layer):
         return side == "device" and self._deviceQueue is not None and not self._gone
 
     # -- routing the observer's actions ------------------------------------------------------
+
+    def deviceData(self, data: bytes) -> None:
+        if not self._quiet:
+            super().deviceData(data)
+
+    def originData(self, data: bytes) -> None:
+        if not self._quiet:
+            super().originData(data)
 
     def _apply(self, actions: list[Action]) -> None:
         if self._gone:
@@ -248,11 +258,10 @@ class ScanningHTTP1Layer(HTTP1Layer):
         length = ex.head.content_length
         if length is not None and length > self._scanner.max_size:
             up.collecting = False
-            head, up.head = up.head or b"", None
-            self._up = None
-            up.close()
             if self._oversize(ex, "reqmod", length):
-                self._do(ToOrigin(head))
+                self._up = None
+                up.close()
+                self._do(ToOrigin(up.head or b""))
             return
         request = self._requests[ex.number]
         if b"100-continue" in scanhold.tokens(request.headers, b"expect"):
@@ -320,10 +329,7 @@ class ScanningHTTP1Layer(HTTP1Layer):
             self._override(ex, reason=f"the request was modified by the content scanner ({result.service})")
             self._flushOriginQueue()
             return
-        if hold.kind == "reqmod":
-            hold.close()
-            self._up = None
-            self._originQueue = None  # the origin gets nothing more of this connection
+        if hold.kind == "reqmod":  # the origin gets nothing more of this connection
             if replacement is not None and result.verdict == "replace":
                 self._replaceAndClose(ex, result)
             else:
@@ -431,12 +437,19 @@ class ScanningHTTP1Layer(HTTP1Layer):
         self._answerAndClose(data, "answered with the content scanner's response")
 
     def _answerAndClose(self, data: bytes, reason: str) -> None:
-        """The gateway's own last answer: what the device waits for is dropped, the connection closes."""
-        for hold in (self._down, self._up):
-            if hold is not None:
-                hold.close()
-        self._down = self._up = None
-        self._deviceQueue = self._originQueue = None
+        """The gateway's own last answer; the connection closes after it.  An upload's answer
+        waits behind a response still held for the device (the device reads them in order)."""
+        up, self._up, self._originQueue = self._up, None, None
+        if up is not None:
+            up.close()
+        if self._deviceQueue is not None and self._down is not None and self._down.kind == "respmod" and up is not None:
+            self._deviceQueue += [ToDevice(data), Close(reason, error=False)]
+            self._quiet = True
+            return
+        if self._down is not None:
+            self._down.close()
+            self._down = None
+        self._deviceQueue = None
         self._link.toDevice(data)
         self._gone = True
         self._link.close(reason)
