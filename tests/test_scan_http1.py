@@ -406,6 +406,17 @@ class ScannerFailureTests(ScanCase):
         event = self.requests()[0]
         self.assertEqual((event["action"], event["scan"][0]["result"]), ("block", "error"))
 
+    def test_aVerdictThatCannotBeCarriedOutResetsTheConnection(self) -> None:
+        device, origin = self.relaying()
+        self.send(device, GET)
+        self.take(origin)
+        self.send(origin, OK)
+        self.scanner.scans_[0].answer.callback(None)  # not a ScanResult: a broken scanner
+        self.settle()
+        self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 1)
+        self.assertEqual(device.received, b"")
+        self.assertDone("intercept", "error", "the content scan's verdict could not be carried out")
+
     def test_theAuditLineIsJSON(self) -> None:
         device, origin = self.relaying()
         self.send(device, GET)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -137,6 +138,14 @@ class ScanningHTTP1Layer(HTTP1Layer):
     def originData(self, data: bytes) -> None:
         if not self._quiet:
             super().originData(data)
+
+    def deviceEnded(self, clean: bool) -> None:
+        if not self._quiet:
+            super().deviceEnded(clean)
+
+    def originEnded(self, clean: bool) -> None:
+        if not self._quiet:
+            super().originEnded(clean)
 
     def _apply(self, actions: list[Action]) -> None:
         if self._gone:
@@ -303,7 +312,14 @@ class ScanningHTTP1Layer(HTTP1Layer):
         response = scanhold.parse_head(hold.head or b"") if hold.kind == "respmod" else None
         body = hold.body.decoded if hold.body.received or hold.kind == "respmod" else None
         job = ScanJob(hold.kind, scanhold.url(ex.head), request, response, body)
-        self._scanner.scan(job).addCallback(self._scanned, hold).addErrback(self._scanFailed, hold)
+        scanned = maybeDeferred(self._scanner.scan, job)
+        scanned.addCallbacks(self._scanned, self._scanFailed, callbackArgs=(hold,), errbackArgs=(hold,))
+        scanned.addErrback(self._verdictFailed)
+
+    def _verdictFailed(self, failure: Any) -> None:
+        """A bug in carrying out a verdict: log it and reset the connection (nothing half-sent goes on)."""
+        log.failure("carrying out a content scan's verdict failed", failure)
+        self._link.abort("the content scan's verdict could not be carried out")
 
     def _scanFailed(self, failure: Any, hold: _Hold) -> None:
         log.failure("the content scanner failed (it must not); blocking", failure)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 import h2.errors
 import h2.events
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -253,7 +254,9 @@ class ScanningHTTP2Layer(HTTP2Layer):
         request = scanhold.h2_request_message(hold.headers if hold.kind == "reqmod" else self._requestOf(exchange))
         response = scanhold.h2_response_message(hold.headers) if hold.kind == "respmod" else None
         job = ScanJob(hold.kind, scanhold.url(exchange.record.head), request, response, hold.body.decoded)
-        self._scanner.scan(job).addCallback(self._scanned, hold).addErrback(self._scanFailed, hold)
+        scanned = maybeDeferred(self._scanner.scan, job)
+        scanned.addCallbacks(self._scanned, self._scanFailed, callbackArgs=(hold,), errbackArgs=(hold,))
+        scanned.addErrback(self._verdictFailed)
 
     def _requestOf(self, exchange: Exchange) -> Headers:
         return self._requests.get(exchange.deviceId, ())
@@ -264,6 +267,11 @@ class ScanningHTTP2Layer(HTTP2Layer):
                 if exchange.request is not None:
                     self._requests[exchange.deviceId] = exchange.request
         super()._openWaiting()
+
+    def _verdictFailed(self, failure: Any) -> None:
+        """A bug in carrying out a verdict: log it and reset the connection (nothing half-sent goes on)."""
+        log.failure("carrying out a content scan's verdict failed", failure)
+        self._link.abort("the content scan's verdict could not be carried out")
 
     def _scanFailed(self, failure: Any, hold: _Hold) -> None:
         log.failure("the content scanner failed (it must not); blocking", failure)
