@@ -227,6 +227,19 @@ class OversizeH2Tests(ScanH2Case):
         self.assertEqual(self.requests()[0]["scan"][0]["result"], "oversize")
 
 
+    def test_knownLengthOverMaxSizeStreamsUnscanned(self) -> None:
+        device, origin = self.open()
+        body = pattern(200_000)
+        origin.onRequest = lambda sid, log: origin.respond(sid, body=body, extra=[("content-length", "200000")])
+        sid = device.request("/big")
+        self.net.flush()
+        self.assertEqual(self.scanner.scans_, [])
+        self.assertEqual((device.streams[sid].header(b"content-length"), device.streams[sid].body), (b"200000", body))
+        self.finish(device)
+        self.assertEqual(self.requests()[0]["scan"][0], {"kind": "respmod", "service": None, "istag": None,
+                         "result": "oversize", "threat": None, "duration": 0.0, "size": 200_000, "max_size": 100_000})
+
+
 class OversizeBlockH2Tests(ScanH2Case):
     maxSize = 100_000
     oversize = "block"

@@ -144,16 +144,16 @@ class ScanningHTTP2Layer(HTTP2Layer):
         if not self._respmod or exchange is None or event.stream_ended is not None or not self._hasBody(exchange, headers):
             super()._response(event)
             return
+        length = next((v for n, v in headers if n == b"content-length"), None)
+        if length is not None and length.isdigit() and int(length) > self._scanner.max_size:
+            if self._oversizeAtHead(exchange, "respmod", int(length)):
+                super()._response(event)  # it streams unscanned
+            return
         record = exchange.record
         record.status, record.response_content_type = response_facts(headers)
         record.headers_after = self._clock.seconds() - record.started
         if self._stripQuic():
             headers = _withoutQuic(headers)
-        length = next((v for n, v in headers if n == b"content-length"), None)
-        if length is not None and length.isdigit() and int(length) > self._scanner.max_size:
-            if self._oversizeAtHead(exchange, "respmod", int(length)):
-                self._device.send_headers(exchange.deviceId, headers, end_stream=False)
-            return
         self._downHolds[exchange.deviceId] = _Hold("respmod", exchange, headers)
 
     def _responseData(self, event: h2.events.DataReceived) -> None:
