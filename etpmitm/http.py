@@ -93,6 +93,9 @@ class RequestRecord:
     duration: float = 0.0
     upgrade: str | None = None
     """The protocol switched to after a 101 (``websocket``), if any."""
+    scan: list[dict[str, Any]] | None = None
+    """The content scans of this request (``etpmitm.gateway.scanhold.audit``): kind, service,
+    istag, result, threat, duration; None when nothing was scanned."""
     log_query: bool = False
     """Whether the audit event keeps the query string (``[audit] query``)."""
     _emitted: bool = False

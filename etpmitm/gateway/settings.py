@@ -21,6 +21,7 @@ from etpmitm.interfaces import ILayer
 from etpmitm.lru import LRUCache
 from etpmitm.learning import Learned
 from etpmitm.mint import LeafName
+from etpmitm.scanning import IContentScanner
 
 
 class LeafContexts(Protocol):
@@ -63,3 +64,5 @@ class GatewaySettings:
     """Tell the other workers of a bypass this one learned (see ``etpmitm.workers``)."""
     admission: Admission | None = None
     """Connection limits (``--max-connections`` and friends); None: no limits."""
+    scanner: IContentScanner | None = None
+    """The content scanner (ICAP, ``[icap]``) the HTTP layers hold messages for; None: no scanning."""
