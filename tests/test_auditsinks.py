@@ -1,0 +1,572 @@
+# trial's assertion methods carry no annotations.
+# mypy: disable-error-code="no-untyped-call"
+"""``--audit-log journald | syslog:ADDRESS``: the encoders in memory, the sinks
+against sockets this test listens on, and the start-up errors from twistd."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.logger import LogEvent, LogPublisher, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from etpmitm.auditlog import AuditLogError, AuditLogFile, AuditLogService, AuditObserver, auditRecord, severity
+from etpmitm.auditsinks import DatagramSyslogSink, JournalSink, TCPSyslogSink, openAuditSink
+from etpmitm.interfaces import IAuditSink
+from etpmitm.journal import JournalFieldError, auditFields, encodeEntry, fieldName
+from etpmitm.syslog5424 import (MAX_MESSAGE, SyslogAddress, SyslogAddressError, fitted, formatMessage,
+                                octetCounted, parseAddress)
+from tests.sinkpeers import journal_entry, octet_frames, syslog_message
+from tests.test_auditlog import ETPMITM, REPO, TWISTD, connectionRecord, freePort, requestRecord
+
+
+def auditEvents() -> tuple[LogEvent, LogEvent]:
+    """A real connection event (outcome error: a warning) and its request event."""
+    events: list[LogEvent] = []
+    publisher = LogPublisher(events.append)
+    globalLogPublisher.addObserver(publisher)
+    try:
+        connection = connectionRecord()
+        connection.fail("origin said \"no\"\nreally")
+        requestRecord(connection.id).emit(100.125)
+        connection.emit(100.5)
+    finally:
+        globalLogPublisher.removeObserver(publisher)
+    request, conn = [e for e in events if e["log_namespace"].startswith("etpmitm.audit")]
+    return conn, request
+
+
+def record(event: LogEvent) -> dict[str, Any]:
+    found = auditRecord(event)
+    assert found is not None
+    return found
+
+
+def fieldsOf(entry: list[tuple[str, bytes]]) -> dict[str, str]:
+    names = [name for name, _ in entry]
+    assert len(names) == len(set(names)), names
+    return {name: value.decode() for name, value in entry}
+
+
+class JournalEncoderTests(SynchronousTestCase):
+    def test_fieldNames(self) -> None:
+        self.assertEqual(fieldName("sni"), "ETPMITM_SNI")
+        self.assertEqual(fieldName("head_query_length"), "ETPMITM_HEAD_QUERY_LENGTH")
+        self.assertEqual(fieldName("a.b-c é"), "ETPMITM_A_B_C__")
+        self.assertEqual(len(fieldName("x" * 100)), 64)
+
+    def test_connectionFields(self) -> None:
+        event, _ = auditEvents()
+        fields = fieldsOf(auditFields(record(event), formatEvent(event), severity(event)))
+        self.assertEqual(fields["MESSAGE"], formatEvent(event))
+        self.assertEqual((fields["PRIORITY"], fields["SYSLOG_IDENTIFIER"]), ("4", "etpmitm"))
+        self.assertEqual((fields["ETPMITM_EVENT"], fields["ETPMITM_SNI"], fields["ETPMITM_ACTION"],
+                          fields["ETPMITM_OUTCOME"], fields["ETPMITM_ECH"], fields["ETPMITM_BYTES_UP"]),
+                         ("connection", "example.com", "intercept", "error", "false", "517"))
+        self.assertEqual(fields["ETPMITM_REASON"], "origin said \"no\"\nreally")
+        self.assertEqual(json.loads(fields["ETPMITM_ALPN_OFFERED"]), ["h2", "http/1.1"])
+        self.assertEqual(fields["ETPMITM_DURATION"], "0.5")
+        self.assertNotIn("ETPMITM_TLS_VERSION", fields)  # null: left out
+        self.assertEqual(set(fields) - {"MESSAGE", "PRIORITY", "SYSLOG_IDENTIFIER"},
+                         {fieldName(k) for k, v in record(event).items() if v is not None})
+
+    def test_requestFieldsFlattenTheHead(self) -> None:
+        _, event = auditEvents()
+        fields = fieldsOf(auditFields(record(event), formatEvent(event), severity(event)))
+        self.assertEqual((fields["ETPMITM_EVENT"], fields["ETPMITM_HEAD_METHOD"], fields["ETPMITM_HEAD_PATH"],
+                          fields["ETPMITM_HEAD_QUERY_LENGTH"], fields["ETPMITM_STATUS"], fields["PRIORITY"]),
+                         ("request", "POST", "/private/x", "7", "403", "6"))
+        self.assertNotIn("ETPMITM_HEAD", fields)
+
+    def test_encoding(self) -> None:
+        entry = encodeEntry([("MESSAGE", b"plain"), ("ETPMITM_REASON", b"two\nlines"), ("ETPMITM_X", b"")])
+        self.assertEqual(entry, b"MESSAGE=plain\nETPMITM_REASON\n" + struct.pack("<Q", 9) + b"two\nlines\nETPMITM_X=\n")
+        self.assertEqual(journal_entry(entry), [("MESSAGE", b"plain"), ("ETPMITM_REASON", b"two\nlines"),
+                                                ("ETPMITM_X", b"")])
+
+    def test_binaryAndUTF8(self) -> None:
+        binary = bytes(range(256))
+        self.assertEqual(journal_entry(encodeEntry([("ETPMITM_B", binary)])), [("ETPMITM_B", binary)])
+        fields = dict(auditFields({"event": "connection", "sni": "b\u00fccher.example", "odd": "x\udcff"}, "m", 6))
+        self.assertEqual(fields["ETPMITM_SNI"], "b\u00fccher.example".encode())
+        self.assertEqual(fields["ETPMITM_ODD"], b"x\\udcff")  # a lone surrogate, escaped
+
+    def test_longValue(self) -> None:
+        value = b"a" * 1_000_000
+        self.assertEqual(journal_entry(encodeEntry([("ETPMITM_PATH", value)])), [("ETPMITM_PATH", value)])
+
+    def test_badNames(self) -> None:
+        for name in ("lower", "_TRUSTED", "1ST", "A-B", "", "X" * 65):
+            with self.assertRaises(JournalFieldError):
+                encodeEntry([(name, b"v")])
+
+
+class SyslogEncoderTests(SynchronousTestCase):
+    def test_header(self) -> None:
+        event, _ = auditEvents()
+        rec = record(event)
+        parts = syslog_message(formatMessage(rec, severity(event), "gw1.example", 1))
+        self.assertEqual((parts["pri"], parts["time"], parts["host"], parts["app"], parts["procid"],
+                          parts["msgid"], parts["sd"]),
+                         (16 * 8 + 4, rec["time"], "gw1.example", "etpmitm", str(rec["pid"]), "connection", "-"))
+        self.assertRegex(parts["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        self.assertEqual(json.loads(parts["msg"]), json.loads(json.dumps(rec)))
+
+    def test_requestAndInformational(self) -> None:
+        _, event = auditEvents()
+        parts = syslog_message(formatMessage(record(event), severity(event), "gw", 1))
+        self.assertEqual((parts["pri"], parts["msgid"]), (16 * 8 + 6, "request"))
+
+    def test_headerFieldsAreTokens(self) -> None:
+        message = formatMessage({"event": "conn ection"}, 9, "gate way\u00e9", 77)
+        parts = syslog_message(message)
+        self.assertEqual((parts["pri"], parts["time"], parts["host"], parts["procid"], parts["msgid"]),
+                         (16 * 8 + 7, "-", "gateway", "77", "connection"))
+        self.assertEqual(syslog_message(formatMessage({}, 6, "", 1))["host"], "-")
+
+    def test_msgIsASCII(self) -> None:
+        rec = {"event": "connection", "sni": "b\u00fccher.example\n\u2028", "reason": "x\udcff"}
+        message = formatMessage(rec, 6, "gw", 1)
+        message.decode("ascii")
+        self.assertEqual(message.count(b"\n"), 0)
+        self.assertEqual(json.loads(syslog_message(message)["msg"]), rec)
+        self.assertFalse(message.startswith(b"\xef\xbb\xbf"))
+
+    def test_shortRecordsAreUntouched(self) -> None:
+        event, _ = auditEvents()
+        self.assertEqual(fitted(record(event), MAX_MESSAGE), json.dumps(record(event), separators=(",", ":")))
+
+    def test_longValuesAreCut(self) -> None:
+        rec = {"event": "request", "head": {"path": "/" + "p" * 100_000, "method": "GET"}, "status": 200}
+        message = formatMessage(rec, 6, "gw", 1)
+        self.assertLessEqual(len(message), MAX_MESSAGE)
+        msg = json.loads(syslog_message(message)["msg"])
+        self.assertEqual((msg["truncated"], msg["head"]["method"], msg["status"]), (True, "GET", 200))
+        self.assertTrue(msg["head"]["path"].startswith("/ppp"))
+        self.assertRegex(msg["head"]["path"], r"\.\.\.\(\d+ more\)$")
+
+    def test_hostileRecordsStillFit(self) -> None:
+        """Many long, escaped values and a long list: cut until it fits."""
+        rec: dict[str, Any] = {f"k{i}": "\u00e9" * 3000 for i in range(30)}
+        rec["alpn_offered"] = ["x" * 255] * 5000
+        message = formatMessage({"event": "connection", **rec}, 6, "gw", 1)
+        self.assertLessEqual(len(message), MAX_MESSAGE)
+        msg = json.loads(syslog_message(message)["msg"])
+        self.assertTrue(msg["truncated"])
+        self.assertRegex(msg["alpn_offered"][-1], r"^\.\.\.\(49\d\d more\)$")
+
+    def test_octetCounting(self) -> None:
+        self.assertEqual(octetCounted(b"hello"), b"5 hello")
+        frames = octetCounted(b"a" * 1234) + octetCounted(b"b\nc")
+        self.assertEqual(octet_frames(frames), ([b"a" * 1234, b"b\nc"], b""))
+
+    def test_addresses(self) -> None:
+        self.assertEqual(parseAddress("unix:/dev/log"), SyslogAddress("unix", path="/dev/log"))
+        self.assertEqual(parseAddress("udp:siem.example:514"), SyslogAddress("udp", host="siem.example", port=514))
+        self.assertEqual(parseAddress("tcp:[2001:db8::1]:6514"), SyslogAddress("tcp", host="2001:db8::1", port=6514))
+        self.assertEqual(str(parseAddress("tcp:[2001:db8::1]:6514")), "syslog:tcp:[2001:db8::1]:6514")
+        for bad, words in [("", "unknown transport ''"), ("unix:", "no socket path"), ("udp:host", "needs HOST:PORT"),
+                           ("tcp:host:0", "needs HOST:PORT"), ("tcp::514", "needs HOST:PORT"),
+                           ("udp:host:http", "needs HOST:PORT"), ("tls:host:6514", "unknown transport 'tls'")]:
+            with self.assertRaises(SyslogAddressError) as caught:
+                parseAddress(bad)
+            self.assertIn(words, str(caught.exception))
+            self.assertNotIn("\n", str(caught.exception))
+
+
+class ChoosingTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="etpmitm-sinks-", dir="/tmp"))
+        self.addCleanup(subprocess.run, ["rm", "-rf", str(self.dir)])
+
+    def test_badValuesAreOneLine(self) -> None:
+        for value, words in [("syslog:", "unknown transport"), ("syslog", "unknown transport"),
+                             ("syslog:udp:host", "needs HOST:PORT"), ("tcp:10.0.0.1:514", "unknown kind 'tcp'"),
+                             ("journal:x", "unknown kind 'journal'"),
+                             (f"syslog:unix:{self.dir}/nope", "No such file or directory"),
+                             ("syslog:udp:no-such-host.invalid:514", "cannot use --audit-log")]:
+            with self.assertRaises(AuditLogError, msg=value) as caught:
+                openAuditSink(value, reactor)
+            self.assertIn(words, str(caught.exception))
+            self.assertNotIn("\n", str(caught.exception))
+
+    def test_journaldWithoutItsSocket(self) -> None:
+        os.environ["ETPMITM_JOURNAL_SOCKET"] = str(self.dir / "journal.socket")
+        self.addCleanup(os.environ.pop, "ETPMITM_JOURNAL_SOCKET")
+        with self.assertRaises(AuditLogError) as caught:
+            openAuditSink("journald", reactor)
+        self.assertEqual(str(caught.exception), f"cannot use --audit-log journald ({self.dir}/journal.socket): "
+                                                f"{self.dir}/journal.socket: No such file or directory")
+
+    def test_files(self) -> None:
+        for name in ("audit.json", "./tcp:x", "syslog.json"):
+            sink = openAuditSink(str(self.dir / name) if "/" not in name else name, reactor)
+            self.addCleanup(sink.close)
+            self.assertIsInstance(sink, AuditLogFile)
+        os.unlink("tcp:x")
+
+    def test_theSinksProvideTheInterface(self) -> None:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(server.close)
+        server.bind(str(self.dir / "s"))
+        sinks: list[IAuditSink] = [AuditLogFile(self.dir / "a.json"), JournalSink(str(self.dir / "s")),
+                                   DatagramSyslogSink(parseAddress(f"unix:{self.dir}/s")),
+                                   DatagramSyslogSink(parseAddress("udp:127.0.0.1:9")),
+                                   TCPSyslogSink(reactor, parseAddress("tcp:127.0.0.1:9"))]
+        for sink in sinks:
+            self.assertTrue(verifyObject(IAuditSink, sink))
+            sink.close()
+
+
+@implementer(IAuditSink)
+class ListSink:
+    """An operator's own sink."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def write(self, record: dict[str, object], message: str, severity: int) -> None:
+        self.calls.append((record, message, severity))
+
+    def reopen(self) -> bool:
+        self.calls.append("reopen")
+        return True
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+class PluggedSinkTests(SynchronousTestCase):
+    def test_theServiceRunsAnySink(self) -> None:
+        sink, publisher = ListSink(), LogPublisher()
+        service = AuditLogService(sink, publisher)
+        service.startService()
+        conn, request = auditEvents()
+        publisher(conn)
+        publisher({"log_namespace": "etpmitm.gateway", "log_format": "not audit"})
+        publisher(request)
+        service.stopService()
+        publisher(conn)
+        self.assertEqual(sink.calls, ["start", (record(conn), formatEvent(conn), 4),
+                                      (record(request), formatEvent(request), 6), "close"])
+
+    def test_observer(self) -> None:
+        sink = ListSink()
+        conn, _ = auditEvents()
+        AuditObserver(sink)(conn)
+        self.assertEqual(sink.calls, [(record(conn), formatEvent(conn), 4)])
+
+
+class Logged:
+    def __init__(self, test: SynchronousTestCase) -> None:
+        self.events: list[LogEvent] = []
+        globalLogPublisher.addObserver(self.events.append)
+        test.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def texts(self, fragment: str) -> list[str]:
+        return [t for t in (formatEvent(e) for e in self.events) if fragment in t]
+
+
+class DatagramSinkTests(SynchronousTestCase):
+    """The journal and syslog datagram sinks, against unix and UDP sockets this test binds."""
+
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="etpmitm-sinks-", dir="/tmp"))
+        self.addCleanup(subprocess.run, ["rm", "-rf", str(self.dir)])
+        self.path = str(self.dir / "socket")
+        self.server = self.bind()
+        self.logged = Logged(self)
+
+    def bind(self) -> socket.socket:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(server.close)
+        server.bind(self.path)
+        server.settimeout(10)
+        return server
+
+    def test_journalEntry(self) -> None:
+        sink = JournalSink(self.path)
+        self.addCleanup(sink.close)
+        conn, request = auditEvents()
+        for event in (conn, request):
+            sink.write(record(event), formatEvent(event), severity(event))
+        first = fieldsOf(journal_entry(self.server.recv(65536)))
+        second = fieldsOf(journal_entry(self.server.recv(65536)))
+        self.assertEqual((first["ETPMITM_EVENT"], first["ETPMITM_REASON"], first["PRIORITY"], first["MESSAGE"]),
+                         ("connection", "origin said \"no\"\nreally", "4", formatEvent(conn)))
+        self.assertEqual((second["ETPMITM_EVENT"], second["ETPMITM_CONNECTION"], second["ETPMITM_HEAD_AUTHORITY"]),
+                         ("request", first["ETPMITM_ID"], "good.example"))
+
+    def test_largeEntryGoesInASealedMemfd(self) -> None:
+        sink = JournalSink(self.path)
+        self.addCleanup(sink.close)
+        path = "/" + "p" * 1_000_000
+        sink.write({"event": "request", "head": {"path": path}}, "m", 6)
+        data, fds, _, _ = socket.recv_fds(self.server, 100, 1)
+        self.assertEqual(data, b"")
+        [fd] = fds
+        self.addCleanup(os.close, fd)
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        self.assertEqual(seals & fcntl.F_SEAL_WRITE, fcntl.F_SEAL_WRITE)
+        fields = fieldsOf(journal_entry(os.pread(fd, os.fstat(fd).st_size, 0)))
+        self.assertEqual(fields["ETPMITM_HEAD_PATH"], path)
+        self.assertEqual(sink.outage.dropped, 0)
+
+    def test_unixSyslog(self) -> None:
+        sink = DatagramSyslogSink(parseAddress(f"unix:{self.path}"))
+        self.addCleanup(sink.close)
+        conn, _ = auditEvents()
+        sink.write(record(conn), formatEvent(conn), severity(conn))
+        parts = syslog_message(self.server.recv(65536))
+        self.assertEqual((parts["pri"], parts["msgid"], parts["host"]), (132, "connection", socket.gethostname()))
+        self.assertEqual(json.loads(parts["msg"])["id"], conn["id"])
+
+    def test_daemonRestartedIsReconnected(self) -> None:
+        sink = JournalSink(self.path)
+        self.addCleanup(sink.close)
+        sink.write({"event": "connection", "id": "one"}, "m", 6)
+        self.server.close()
+        os.unlink(self.path)
+        sink.write({"event": "connection", "id": "lost"}, "m", 6)  # nobody there
+        self.assertEqual(sink.outage.dropped, 1)
+        self.assertEqual(len(self.logged.texts("cannot send audit events to journald")), 1)
+        self.server = self.bind()
+        sink.write({"event": "connection", "id": "two"}, "m", 6)
+        self.assertEqual(fieldsOf(journal_entry(self.server.recv(65536)))["ETPMITM_ID"], "two")
+        self.assertEqual(len(self.logged.texts("1 dropped meanwhile")), 1)
+
+    def test_fullQueueDropsAndCounts(self) -> None:
+        sink = DatagramSyslogSink(parseAddress(f"unix:{self.path}"))
+        self.addCleanup(sink.close)
+        sent = 0
+        while sink.outage.dropped == 0 and sent < 100_000:  # nobody reads: the queue fills
+            sink.write({"event": "connection", "n": sent}, "m", 6)
+            sent += 1
+        for _ in range(10):
+            sink.write({"event": "connection"}, "m", 6)
+        self.assertEqual(sink.outage.dropped, 11)
+        [failure] = self.logged.texts("cannot send audit events to syslog:unix:")
+        self.assertIn("its socket's queue is full; dropping them until it works again", failure)
+        received = [json.loads(syslog_message(self.server.recv(65536))["msg"])["n"] for _ in range(sent - 1)]
+        self.assertEqual(received, list(range(sent - 1)))
+        sink.write({"event": "connection", "n": "after"}, "m", 6)
+        self.assertEqual(json.loads(syslog_message(self.server.recv(65536))["msg"])["n"], "after")
+        self.assertEqual(len(self.logged.texts("11 dropped meanwhile")), 1)
+
+    def test_udp(self) -> None:
+        collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(collector.close)
+        collector.bind(("127.0.0.1", 0))
+        collector.settimeout(10)
+        port = collector.getsockname()[1]
+        sink = DatagramSyslogSink(parseAddress(f"udp:localhost:{port}"))
+        self.addCleanup(sink.close)
+        _, request = auditEvents()
+        sink.write(record(request), formatEvent(request), severity(request))
+        parts = syslog_message(collector.recv(65536))
+        self.assertEqual((parts["pri"], parts["msgid"]), (134, "request"))
+        self.assertEqual(json.loads(parts["msg"]), json.loads(json.dumps(record(request))))
+
+        # The collector goes away: UDP loses what is sent meanwhile (an ICMP
+        # "port unreachable" may fail one send); the sink keeps going.
+        collector.close()
+        for n in range(3):
+            sink.write({"event": "connection", "n": n}, "m", 6)
+        collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(collector.close)
+        collector.bind(("127.0.0.1", port))
+        collector.settimeout(10)
+        sink.write({"event": "connection", "n": "back"}, "m", 6)
+        self.assertEqual(json.loads(syslog_message(collector.recv(65536))["msg"])["n"], "back")
+
+
+class Collector(Protocol):
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self)  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.factory.stream += data  # type: ignore[attr-defined]
+        self.factory.check()  # type: ignore[attr-defined]
+
+
+class CollectorFactory(Factory):
+    protocol = Collector
+
+    def __init__(self) -> None:
+        self.stream = b""
+        self.connections: list[Collector] = []
+        self.waiting: list[tuple[int, Deferred[list[bytes]]]] = []
+
+    def frames(self) -> list[bytes]:
+        frames, _ = octet_frames(self.stream)
+        return frames
+
+    def check(self) -> None:
+        for count, d in list(self.waiting):
+            if len(self.frames()) >= count:
+                self.waiting.remove((count, d))
+                d.callback(self.frames())
+
+    def until(self, count: int) -> Deferred[list[bytes]]:
+        d: Deferred[list[bytes]] = Deferred()
+        d.addTimeout(30, reactor)
+        self.waiting.append((count, d))
+        self.check()
+        return d
+
+
+async def eventually(condition: Any) -> None:
+    """Wait (on the reactor) until ``condition()``; fail after 30 s."""
+    for _ in range(3000):
+        if condition():
+            return
+        await deferLater(reactor, 0.01)
+    raise AssertionError("gave up waiting")
+
+
+def ids(frames: list[bytes]) -> list[Any]:
+    return [json.loads(syslog_message(f)["msg"])["n"] for f in frames]
+
+
+class TCPSinkTests(TestCase):
+    """The TCP syslog sink against a collector this test runs, which goes away and comes back."""
+
+    def setUp(self) -> None:
+        self.logged = Logged(self)
+        self.port = freePort()
+        self.factory = CollectorFactory()
+        self.listening = reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
+        self.addCleanup(self.stop)
+
+    async def stop(self) -> None:
+        """Stop listening (if it still does) and end the collector's connections."""
+        if self.listening.connected:
+            await self.listening.stopListening()
+        for connection in self.factory.connections:
+            connection.transport.abortConnection()  # type: ignore[union-attr]
+
+    def sink(self, **kwargs: Any) -> TCPSyslogSink:
+        sink = TCPSyslogSink(reactor, parseAddress(f"tcp:127.0.0.1:{self.port}"), initialDelay=0.05, **kwargs)
+        self.addCleanup(sink.close)
+        return sink
+
+    async def test_goesAwayAndComesBack(self) -> None:
+        sink = self.sink()
+        sink.start()
+        sink.write({"event": "connection", "n": 0}, "m", 6)  # queued until connected
+        frames = await self.factory.until(1)
+        self.assertEqual(syslog_message(frames[0])["msgid"], "connection")
+        self.assertTrue(sink.connected)
+
+        await self.stop()
+        while sink.connected:
+            await deferLater(reactor, 0.01)
+        for n in range(1, 6):
+            sink.write({"event": "connection", "n": n}, "m", 6)
+        self.assertEqual(sink.queued, 5)
+        await eventually(lambda: len(self.logged.texts("cannot connect to the audit log collector")) == 1)
+        await eventually(lambda: sink.attempts >= 3)  # it keeps trying, and logs it once
+        self.assertEqual(len(self.logged.texts("cannot connect to the audit log collector")), 1)
+
+        self.listening = reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
+        frames = await self.factory.until(6)
+        self.assertEqual(ids(frames), [0, 1, 2, 3, 4, 5])  # in order, none lost
+        self.assertEqual((sink.queued, sink.outage.dropped), (0, 0))
+        self.assertEqual(len(self.logged.texts("lost the audit log collector")), 1)
+
+    async def test_boundedQueueWhileDown(self) -> None:
+        await self.stop()
+        sink = self.sink(queueBytes=2000)
+        sink.start()
+        for n in range(40):
+            sink.write({"event": "connection", "n": n}, "m", 6)
+        kept = sink.queued
+        self.assertLess(kept, 40)
+        self.assertEqual(sink.outage.dropped, 40 - kept)
+        [failure] = self.logged.texts("cannot send audit events to syslog:tcp:")
+        self.assertIn("its queue is full (2000 bytes): the collector is unreachable", failure)
+
+        self.listening = reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
+        frames = await self.factory.until(kept)
+        self.assertEqual(ids(frames), list(range(kept)))
+        sink.write({"event": "connection", "n": "after"}, "m", 6)
+        frames = await self.factory.until(kept + 1)
+        self.assertEqual(ids(frames)[-1], "after")
+        self.assertEqual(len(self.logged.texts(f"{40 - kept} dropped meanwhile")), 1)
+
+    async def test_slowCollectorDoesNotGrowMemory(self) -> None:
+        """A collector that stops reading: the transport pauses the sink, and the queue stays bounded."""
+        sink = self.sink(queueBytes=100_000)
+        sink.start()
+        await self.factory.until(0)
+        while not (self.factory.connections and sink.connected):
+            await deferLater(reactor, 0.01)
+        self.factory.connections[0].transport.pauseProducing()  # type: ignore[union-attr]
+        big = "x" * 4000
+        for n in range(5000):  # about 20 MB
+            sink.write({"event": "request", "n": n, "pad": big}, "m", 6)
+            if n % 100 == 0:
+                await deferLater(reactor, 0)
+        self.assertGreater(sink.outage.dropped, 0)
+        self.assertLessEqual(sink.queuedBytes, 100_000)
+        self.assertIn("the collector is slow", self.logged.texts("cannot send audit events to syslog:tcp:")[0])
+
+    async def test_closeStopsReconnecting(self) -> None:
+        await self.stop()
+        sink = self.sink()
+        sink.start()
+        sink.write({"event": "connection", "n": 1}, "m", 6)
+        sink.close()
+        self.assertEqual((sink.queued, sink.outage.dropped), (0, 1))
+        sink.write({"event": "connection", "n": 2}, "m", 6)
+        self.assertEqual(sink.outage.dropped, 2)
+
+
+class StartupTests(TestCase):
+    """``twistd etpmitm --audit-log`` with a bad sink: one line, no traceback."""
+
+    def setUp(self) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="etpmitm-sinks-"))
+        self.addCleanup(subprocess.run, ["rm", "-rf", str(self.work)])
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "ETPMITM_JOURNAL_SOCKET": str(self.work / "journal")}
+        subprocess.run([str(ETPMITM), "ca", "init", "--dir", str(self.work / "ca")],
+                       env=self.env, check=True, capture_output=True, timeout=60)
+
+    def test_badValues(self) -> None:
+        for value, expected in [
+            ("syslog:", "etpmitm: error: --audit-log syslog:: unknown transport ''; use syslog:unix:PATH, "
+                        "syslog:udp:HOST:PORT or syslog:tcp:HOST:PORT"),
+            ("syslog:udp:host", "etpmitm: error: --audit-log syslog:udp:host: needs HOST:PORT with a port from 1 to "
+                                "65535; use syslog:unix:PATH, syslog:udp:HOST:PORT or syslog:tcp:HOST:PORT"),
+            ("bogus:x", "etpmitm: error: --audit-log bogus:x: unknown kind 'bogus'; use journald, syslog:ADDRESS "
+                        "or a file (./bogus:x for a file named so)"),
+            (f"syslog:unix:{self.work}/log", f"etpmitm: error: cannot use --audit-log syslog:unix:{self.work}/log: "
+                                             f"{self.work}/log: No such file or directory"),
+            ("journald", f"etpmitm: error: cannot use --audit-log journald ({self.work}/journal): "
+                         f"{self.work}/journal: No such file or directory"),
+        ]:
+            done = subprocess.run([str(TWISTD), "-n", "--pidfile=", "etpmitm", "--ca-dir", str(self.work / "ca"),
+                                   "--listen", f"tcp:{freePort()}:interface=127.0.0.1", "--audit-log", value],
+                                  cwd=self.work, env=self.env, capture_output=True, text=True, timeout=60)
+            self.assertNotEqual(done.returncode, 0)
+            output = done.stdout + done.stderr
+            errors = [line for line in output.splitlines() if "etpmitm: error:" in line]
+            self.assertEqual(errors, [expected], output)
+            self.assertNotIn("Traceback", output)
