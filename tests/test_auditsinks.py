@@ -8,10 +8,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from etpmitm.auditlog import AuditLogError, AuditLogFile, AuditLogService, AuditObserver, auditRecord, severity
-from etpmitm.auditsinks import DatagramSyslogSink, JournalSink, TCPSyslogSink, openAuditSink
+from etpmitm.auditsinks import JOURNAL_SOCKET, DatagramSyslogSink, JournalSink, TCPSyslogSink, openAuditSink
 from etpmitm.interfaces import IAuditSink
 from etpmitm.journal import JournalFieldError, auditFields, encodeEntry, fieldName
 from etpmitm.syslog5424 import (MAX_MESSAGE, SyslogAddress, SyslogAddressError, fitted, formatMessage,
@@ -370,6 +372,23 @@ class DatagramSinkTests(SynchronousTestCase):
         self.assertEqual(json.loads(syslog_message(self.server.recv(65536))["msg"])["n"], "after")
         self.assertEqual(len(self.logged.texts("11 dropped meanwhile")), 1)
 
+    def test_reopen(self) -> None:
+        """SIGUSR1: a new socket at the path is used; no socket there keeps the old one."""
+        sink = DatagramSyslogSink(parseAddress(f"unix:{self.path}"))
+        self.addCleanup(sink.close)
+        os.rename(self.path, self.path + ".old")
+        self.assertFalse(sink.reopen())
+        [error] = self.logged.texts("still using the socket it was")
+        self.assertIn(f"{self.path}: No such file or directory", error)
+        sink.write({"event": "connection", "n": 1}, "m", 6)
+        self.assertEqual(json.loads(syslog_message(self.server.recv(65536))["msg"])["n"], 1)
+        old, self.server = self.server, self.bind()
+        self.assertTrue(sink.reopen())
+        sink.write({"event": "connection", "n": 2}, "m", 6)
+        self.assertEqual(json.loads(syslog_message(self.server.recv(65536))["msg"])["n"], 2)
+        old.setblocking(False)
+        self.assertRaises(BlockingIOError, old.recv, 65536)
+
     def test_udp(self) -> None:
         collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(collector.close)
@@ -537,6 +556,63 @@ class TCPSinkTests(TestCase):
         self.assertEqual((sink.queued, sink.outage.dropped), (0, 1))
         sink.write({"event": "connection", "n": 2}, "m", 6)
         self.assertEqual(sink.outage.dropped, 2)
+
+
+def journald_unavailable() -> str | None:
+    if not os.path.exists(JOURNAL_SOCKET):
+        return f"no systemd-journald here ({JOURNAL_SOCKET} is missing); the sink is tested against a stand-in socket"
+    if shutil.which("journalctl") is None:
+        return "journalctl is not installed"
+    done = subprocess.run(["journalctl", "-n", "0", "-q"], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        return f"journalctl does not work here: {done.stderr.strip()}"
+    return None
+
+
+class JournalctlTests(TestCase):
+    """Where systemd-journald runs: an entry written by the sink, as ``journalctl -o json`` shows it."""
+
+    skip = journald_unavailable()
+
+    def entry(self, field: str, value: str) -> dict[str, Any]:
+        """The one entry with ``field=value``, as ``journalctl -o json --all`` shows it."""
+        deadline = time.monotonic() + 30
+        while True:
+            done = subprocess.run(["journalctl", "-o", "json", "--all", f"{field}={value}"],
+                                  capture_output=True, text=True, timeout=30)
+            if done.stdout.strip() or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        [entry] = [json.loads(line) for line in done.stdout.splitlines()]
+        found: dict[str, Any] = entry
+        return found
+
+    def test_journalctl(self) -> None:
+        sink = JournalSink()
+        self.addCleanup(sink.close)
+        conn, _ = auditEvents()
+        rec = {**record(conn), "id": f"test-{os.getpid()}-{time.time_ns()}", "reason": "two\nlines \u00e9"}
+        sink.write(rec, formatEvent(conn), 4)
+        entry = self.entry("ETPMITM_ID", rec["id"])
+        self.assertEqual((entry["MESSAGE"], entry["PRIORITY"], entry["SYSLOG_IDENTIFIER"], entry["ETPMITM_EVENT"],
+                          entry["ETPMITM_SNI"], entry["ETPMITM_ACTION"], entry["ETPMITM_BYTES_UP"]),
+                         (formatEvent(conn), "4", "etpmitm", "connection", "example.com", "intercept", "517"))
+        # journalctl -o json shows a value with a control character as an array of bytes.
+        reason = entry["ETPMITM_REASON"]
+        self.assertEqual(bytes(reason).decode() if isinstance(reason, list) else reason, "two\nlines \u00e9")
+        self.assertEqual(json.loads(entry["ETPMITM_ALPN_OFFERED"]), ["h2", "http/1.1"])
+        self.assertEqual(int(entry["_PID"]), os.getpid())
+
+    def test_largeEntry(self) -> None:
+        """Too large for a datagram: journald takes it from the sealed memfd."""
+        sink = JournalSink()
+        self.addCleanup(sink.close)
+        path = "/" + "p" * 500_000
+        connection = f"test-{os.getpid()}-{time.time_ns()}"
+        sink.write({"event": "request", "connection": connection, "head": {"path": path}}, "m", 6)
+        entry = self.entry("ETPMITM_CONNECTION", connection)
+        self.assertEqual(entry["ETPMITM_HEAD_PATH"], path)
+        self.assertEqual(sink.outage.dropped, 0)
 
 
 class StartupTests(TestCase):
