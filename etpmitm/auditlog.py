@@ -29,6 +29,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, LogEvent, LogLevel, LogPublisher, Logger, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
@@ -198,9 +199,10 @@ class AuditLogService(Service):
         if callable(self._previous):
             self._previous(signum, frame)
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()  # type: ignore[no-untyped-call]
         if signal.getsignal(signal.SIGUSR1) == self._onUSR1:
             signal.signal(signal.SIGUSR1, self._previous if self._previous is not None else signal.SIG_DFL)
         self._publisher.removeObserver(self._observer)
-        self.auditLog.close()
+        closed = self.auditLog.close()
+        return closed if isinstance(closed, Deferred) else None

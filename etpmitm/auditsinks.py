@@ -40,6 +40,8 @@ JOURNAL_SOCKET_ENV = "ETPMITM_JOURNAL_SOCKET"
 """Overrides :data:`JOURNAL_SOCKET` (for tests: a socket the test listens on)."""
 QUEUE_BYTES = 4 * 1024 * 1024
 """What the TCP sink holds while its collector is away or slow."""
+CLOSE_WAIT = 5.0
+"""Seconds the TCP sink waits, when the gateway stops, for its last messages to go out."""
 
 
 def openAuditSink(value: str, reactor: Any) -> IAuditSink:
@@ -225,11 +227,14 @@ class DatagramSyslogSink(_DatagramSink):
 class _Collector(Protocol):
     def __init__(self, sink: TCPSyslogSink) -> None:
         self.sink = sink
+        self.closed: Deferred[None] | None = None
 
     def dataReceived(self, data: bytes) -> None:
         """A collector has nothing to say; ignore it."""
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.closed is not None:
+            self.closed.callback(None)
         self.sink._lost(self, reason)
 
 
@@ -243,7 +248,7 @@ class TCPSyslogSink:
     """
 
     def __init__(self, reactor: Any, address: SyslogAddress, queueBytes: int = QUEUE_BYTES,
-                 initialDelay: float = 1.0, maxDelay: float = 60.0) -> None:
+                 initialDelay: float = 1.0, maxDelay: float = 60.0, closeWait: float = CLOSE_WAIT) -> None:
         self.address = address
         self.hostname = socket.gethostname()
         self.outage = _Outage(str(address))
@@ -254,6 +259,7 @@ class TCPSyslogSink:
         self._queueBytes = queueBytes
         self._initialDelay = self._delay = initialDelay
         self._maxDelay = maxDelay
+        self._closeWait = closeWait
         self._protocol: _Collector | None = None
         self._connecting: Deferred[_Collector] | None = None
         self._retry: IDelayedCall | None = None
@@ -372,17 +378,31 @@ class TCPSyslogSink:
             self._connect()
         return True
 
-    def close(self) -> None:
-        """Stop reconnecting; what the transport holds is sent, the queue is dropped (counted)."""
+    def close(self) -> Deferred[None] | None:
+        """Stop reconnecting; hand the queue to the connection, if any, and close it
+        once sent (or ``closeWait`` seconds later): the Deferred fires then.
+        Without a connection the queue is dropped (counted)."""
         self._closed = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         if self._connecting is not None:
             self._connecting.cancel()
-        if self._queue:
-            self.outage.drop("stopping", len(self._queue))
+        protocol, self._protocol = self._protocol, None
+        if protocol is None:
+            if self._queue:
+                self.outage.drop("stopping before the collector was reachable", len(self._queue))
             self._queue.clear()
             self._queued = 0
-        if self._protocol is not None:
-            self._protocol.transport.unregisterProducer()  # type: ignore[union-attr]
-            self._protocol.transport.loseConnection()  # type: ignore[union-attr]
+            return None
+        transport: Any = protocol.transport
+        transport.unregisterProducer()
+        while self._queue:
+            transport.write(self._queue.popleft())
+        self._queued = 0
+        done: Deferred[None] = Deferred()
+        protocol.closed = done
+        clock: IReactorTime = self._reactor
+        timeout = clock.callLater(self._closeWait, transport.abortConnection)
+        done.addBoth(lambda result: timeout.cancel() if timeout.active() else None)
+        transport.loseConnection()
+        return done

@@ -98,5 +98,10 @@ class IAuditSink(Interface):
     def reopen() -> bool:
         """SIGUSR1: open the destination again (logrotate, a restarted syslog); False if it failed."""
 
-    def close() -> None:
-        """The service stops: flush what can be flushed without blocking, and let go."""
+    def close() -> object:
+        """The service stops: flush what can be flushed without blocking, and let go.
+
+        It may return a Deferred that fires when that is done (the service
+        returns it, so twistd waits for it before the reactor stops); it
+        should fire within seconds even if the destination does not answer.
+        """

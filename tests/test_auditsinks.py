@@ -417,6 +417,11 @@ class DatagramSinkTests(SynchronousTestCase):
 
 
 class Collector(Protocol):
+    lost = False
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+
     def connectionMade(self) -> None:
         self.factory.connections.append(self)  # type: ignore[attr-defined]
 
@@ -482,7 +487,8 @@ class TCPSinkTests(TestCase):
             connection.transport.abortConnection()  # type: ignore[union-attr]
 
     def sink(self, **kwargs: Any) -> TCPSyslogSink:
-        sink = TCPSyslogSink(reactor, parseAddress(f"tcp:127.0.0.1:{self.port}"), initialDelay=0.05, **kwargs)
+        sink = TCPSyslogSink(reactor, parseAddress(f"tcp:127.0.0.1:{self.port}"), initialDelay=0.05,
+                             closeWait=0.5, **kwargs)
         self.addCleanup(sink.close)
         return sink
 
@@ -546,6 +552,36 @@ class TCPSinkTests(TestCase):
         self.assertGreater(sink.outage.dropped, 0)
         self.assertLessEqual(sink.queuedBytes, 100_000)
         self.assertIn("the collector is slow", self.logged.texts("cannot send audit events to syslog:tcp:")[0])
+
+    async def test_closeSendsWhatIsLeft(self) -> None:
+        """Stopping the gateway: queued messages go out, then the connection closes."""
+        sink = self.sink()
+        sink.start()
+        await eventually(lambda: sink.connected and self.factory.connections)
+        sink.pauseProducing()  # as the transport does when its buffer is full
+        for n in range(3):
+            sink.write({"event": "connection", "n": n}, "m", 6)
+        self.assertEqual(sink.queued, 3)
+        await sink.close()
+        frames = await self.factory.until(3)
+        self.assertEqual(ids(frames), [0, 1, 2])
+        await eventually(lambda: self.factory.connections[0].lost)
+        self.assertEqual(sink.outage.dropped, 0)
+
+    async def test_closeGivesUpOnAStuckCollector(self) -> None:
+        sink = self.sink(queueBytes=16 * 1024 * 1024)  # nothing dropped: what is missing was cut off
+        sink.start()
+        await eventually(lambda: sink.connected and self.factory.connections)
+        self.factory.connections[0].transport.pauseProducing()  # type: ignore[union-attr]
+        for n in range(2000):  # more than the kernel buffers
+            sink.write({"event": "request", "n": n, "pad": "x" * 4000}, "m", 6)
+            if n % 100 == 0:
+                await deferLater(reactor, 0)
+        self.assertEqual(sink.outage.dropped, 0)
+        await sink.close()  # fires after closeWait: the connection was aborted
+        self.factory.connections[0].transport.resumeProducing()  # type: ignore[union-attr]
+        await eventually(lambda: self.factory.connections[0].lost)
+        self.assertLess(len(self.factory.frames()), 2000)
 
     async def test_closeStopsReconnecting(self) -> None:
         await self.stop()
@@ -646,3 +682,53 @@ class StartupTests(TestCase):
             errors = [line for line in output.splitlines() if "etpmitm: error:" in line]
             self.assertEqual(errors, [expected], output)
             self.assertNotIn("Traceback", output)
+
+
+class WorkersTests(TestCase):
+    """``--workers 2 --audit-log syslog:unix:...``: the master sends each worker's events once."""
+
+    def setUp(self) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="etpmitm-sinks-"))
+        self.addCleanup(subprocess.run, ["rm", "-rf", str(self.work)])
+        self.env = {**os.environ, "PYTHONPATH": str(REPO)}
+        subprocess.run([str(ETPMITM), "ca", "init", "--dir", str(self.work / "ca")],
+                       env=self.env, check=True, capture_output=True, timeout=60)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(self.server.close)
+        self.server.bind(str(self.work / "log"))
+        self.server.settimeout(30)
+
+    def test_workers(self) -> None:
+        port = freePort()
+        logfile = self.work / "gateway.log"
+        proc = subprocess.Popen([str(TWISTD), "-n", "--pidfile=", f"--logfile={logfile}", "etpmitm", "--ca-dir",
+                                 str(self.work / "ca"), "--listen", f"tcp:{port}:interface=127.0.0.1", "--workers", "2",
+                                 "--audit-log", f"syslog:unix:{self.work}/log"],
+                                cwd=self.work, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.addCleanup(proc.wait, 30)
+        self.addCleanup(proc.terminate)
+        deadline = time.monotonic() + 60
+        while (logfile.read_text() if logfile.exists() else "").count("serving the master's sockets") < 2:
+            self.assertIsNone(proc.poll())
+            self.assertLess(time.monotonic(), deadline, "the workers did not start")
+            time.sleep(0.05)
+        self.connect(port, 4)
+        messages = [syslog_message(self.server.recv(65536)) for _ in range(4)]
+        records = [json.loads(m["msg"]) for m in messages]
+        self.assertEqual(len({r["id"] for r in records}), 4)
+        self.assertEqual([m["procid"] for m in messages], [str(r["pid"]) for r in records])
+        self.assertNotIn(proc.pid, {r["pid"] for r in records})  # the workers handled them
+        self.assertEqual({(r["action"], r["outcome"], m["pri"]) for r, m in zip(records, messages)},
+                         {("refuse", "error", 132)})
+        # The next message is the next connection's: none came twice (from a worker and the master).
+        self.connect(port, 1)
+        fifth = json.loads(syslog_message(self.server.recv(65536))["msg"])
+        self.assertNotIn(fifth["id"], {r["id"] for r in records})
+
+    def connect(self, port: int, count: int) -> None:
+        for _ in range(count):  # not redirected: each is refused, and audited
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.recv(1)
+            except ConnectionResetError:
+                pass
