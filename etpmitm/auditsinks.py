@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import socket
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from zope.interface import implementer
 from etpmitm.auditlog import AuditLogError, AuditLogFile
 from etpmitm.interfaces import IAuditSink
 from etpmitm.journal import auditFields, encodeEntry
-from etpmitm.syslog5424 import SyslogAddress, SyslogAddressError, formatMessage, octetCounted, parseAddress
+from etpmitm.syslog5424 import (SyslogAddress, SyslogAddressError, formatLocal, formatMessage, octetCounted,
+                                parseAddress)
 
 __all__ = ["JOURNAL_SOCKET", "JOURNAL_SOCKET_ENV", "DatagramSyslogSink", "JournalSink", "TCPSyslogSink",
            "openAuditSink"]
@@ -204,9 +206,10 @@ class JournalSink(_DatagramSink):
 
 @implementer(IAuditSink)
 class DatagramSyslogSink(_DatagramSink):
-    """``--audit-log syslog:unix:PATH`` or ``syslog:udp:HOST:PORT``: one RFC 5424 message per datagram.
+    """``--audit-log syslog:unix:PATH`` or ``syslog:udp:HOST:PORT``: one message per datagram.
 
-    HOST is resolved once, at start.
+    RFC 5424 over UDP; syslog(3)'s local format on a unix socket
+    (:mod:`etpmitm.syslog5424`).  HOST is resolved once, at start.
     """
 
     def __init__(self, address: SyslogAddress) -> None:
@@ -221,7 +224,10 @@ class DatagramSyslogSink(_DatagramSink):
         super().__init__(str(address), None, family, sockaddr)
 
     def write(self, record: dict[str, Any], message: str, severity: int) -> None:
-        self._send(formatMessage(record, severity, self.hostname, os.getpid()))
+        if self._path is not None:
+            self._send(formatLocal(record, severity, os.getpid(), time.time()))
+        else:
+            self._send(formatMessage(record, severity, self.hostname, os.getpid()))
 
 
 class _Collector(Protocol):

@@ -1,6 +1,6 @@
 """Syslog for the audit events, sans-IO: RFC 5424 messages, RFC 6587 framing, addresses.
 
-A message is::
+Over UDP and TCP a message is::
 
     <PRI>1 TIMESTAMP HOSTNAME etpmitm PROCID MSGID - JSON
 
@@ -18,18 +18,28 @@ A message is at most :data:`MAX_MESSAGE` bytes (rsyslog's default
 lists are cut (with a ``...(N more)`` marker) and ``"truncated": true`` is
 added.  Over TCP each message is framed by octet counting (RFC 6587 3.4.1):
 its length in decimal, a space, the message.
+
+On a unix socket (``/dev/log``) a message is in the local format of
+syslog(3) instead, the one the daemons behind that socket parse (journald
+keeps an RFC 5424 header as part of the message, and rsyslog's imuxsock
+misreads it unless configured otherwise)::
+
+    <PRI>Nov 30 04:43:58 etpmitm[PID]: JSON
+
+with the event's time in local time, as syslog(3) writes it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Literal
 
 import attrs
 
 __all__ = ["APP_NAME", "FACILITY", "MAX_MESSAGE", "SyslogAddress", "SyslogAddressError", "fitted",
-           "formatMessage", "octetCounted", "parseAddress"]
+           "formatLocal", "formatMessage", "octetCounted", "parseAddress"]
 
 APP_NAME = "etpmitm"
 FACILITY = 16
@@ -128,6 +138,28 @@ def formatMessage(record: Mapping[str, object], severity: int, hostname: str, pi
     procid = record.get("pid", pid)
     header = (f"<{FACILITY * 8 + min(max(severity, 0), 7)}>1 {_token(record.get('time'), 64)} "
               f"{_token(hostname, 255)} {APP_NAME} {_token(procid, 128)} {_token(record.get('event'), 32)} -")
+    body = fitted(record, max(0, limit - len(header) - 1))
+    return f"{header} {body}".encode("ascii")
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _localStamp(iso: object, now: float) -> str:
+    """An ISO 8601 UTC time as syslog(3)'s ``Mmm dd hh:mm:ss`` in local time (``now`` if unreadable)."""
+    try:
+        when = datetime.fromisoformat(str(iso)).timestamp()
+    except ValueError:
+        when = now
+    local = datetime.fromtimestamp(when)
+    return f"{_MONTHS[local.month - 1]} {local.day:2d} {local:%H:%M:%S}"
+
+
+def formatLocal(record: Mapping[str, object], severity: int, pid: int, now: float,
+                limit: int = MAX_MESSAGE) -> bytes:
+    """One message for a local syslog socket, in syslog(3)'s format (see the module's docstring)."""
+    header = (f"<{FACILITY * 8 + min(max(severity, 0), 7)}>{_localStamp(record.get('time'), now)} "
+              f"{APP_NAME}[{_token(record.get('pid', pid), 20)}]:")
     body = fitted(record, max(0, limit - len(header) - 1))
     return f"{header} {body}".encode("ascii")
 

@@ -57,3 +57,17 @@ def octet_frames(stream: bytes) -> tuple[list[bytes], bytes]:
         frames.append(rest[:int(length)])
         stream = rest[int(length):]
     return frames, stream
+
+
+_LOCAL = re.compile(rb"<(?P<pri>\d{1,3})>(?P<time>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (?P<tag>[^\[\]: ]+)\[(?P<pid>\d+)\]: "
+                    rb"(?P<msg>.*)\Z", re.S)
+
+
+def local_message(message: bytes) -> dict[str, Any]:
+    """A message in syslog(3)'s local format (``<PRI>Mmm dd hh:mm:ss TAG[PID]: MSG``)."""
+    match = _LOCAL.match(message)
+    if match is None:
+        raise ValueError(f"not syslog(3)'s format: {message[:200]!r}")
+    parts: dict[str, Any] = {k: v.decode("ascii") for k, v in match.groupdict().items()}
+    parts["pri"] = int(parts["pri"])
+    return parts

@@ -30,9 +30,9 @@ from etpmitm.auditlog import AuditLogError, AuditLogFile, AuditLogService, Audit
 from etpmitm.auditsinks import JOURNAL_SOCKET, DatagramSyslogSink, JournalSink, TCPSyslogSink, openAuditSink
 from etpmitm.interfaces import IAuditSink
 from etpmitm.journal import JournalFieldError, auditFields, encodeEntry, fieldName
-from etpmitm.syslog5424 import (MAX_MESSAGE, SyslogAddress, SyslogAddressError, fitted, formatMessage,
+from etpmitm.syslog5424 import (MAX_MESSAGE, SyslogAddress, SyslogAddressError, fitted, formatLocal, formatMessage,
                                 octetCounted, parseAddress)
-from tests.sinkpeers import journal_entry, octet_frames, syslog_message
+from tests.sinkpeers import journal_entry, local_message, octet_frames, syslog_message
 from tests.test_auditlog import ETPMITM, REPO, TWISTD, connectionRecord, freePort, requestRecord
 
 
@@ -170,6 +170,28 @@ class SyslogEncoderTests(SynchronousTestCase):
         msg = json.loads(syslog_message(message)["msg"])
         self.assertTrue(msg["truncated"])
         self.assertRegex(msg["alpn_offered"][-1], r"^\.\.\.\(49\d\d more\)$")
+
+    def test_localFormat(self) -> None:
+        """On a unix socket: syslog(3)'s format, the time in local time."""
+        old = os.environ.get("TZ")
+        os.environ["TZ"] = "XYZ-2"  # two hours east of UTC
+        time.tzset()
+        try:
+            message = formatLocal({"event": "connection", "time": "2026-11-30T04:25:49.893Z", "pid": 42,
+                                   "sni": "b\u00fccher\n"}, 4, 1, 0.0)
+            self.assertEqual(message, b'<132>Nov 30 06:25:49 etpmitm[42]: {"event":"connection",'
+                                      b'"time":"2026-11-30T04:25:49.893Z","pid":42,"sni":"b\\u00fccher\\n"}')
+            # No time or pid in the record: now, and the sender's pid; a single-digit day is space-padded.
+            self.assertEqual(formatLocal({"event": "x"}, 6, 7, 86400.0 * 3), b'<134>Jan  4 02:00:00 etpmitm[7]: {"event":"x"}')
+        finally:
+            if old is None:
+                del os.environ["TZ"]
+            else:
+                os.environ["TZ"] = old
+            time.tzset()
+        long = formatLocal({"event": "request", "head": {"path": "/" + "p" * 100_000}}, 6, 1, 0.0)
+        self.assertLessEqual(len(long), MAX_MESSAGE)
+        self.assertTrue(json.loads(local_message(long)["msg"])["truncated"])
 
     def test_octetCounting(self) -> None:
         self.assertEqual(octetCounted(b"hello"), b"5 hello")
@@ -336,9 +358,9 @@ class DatagramSinkTests(SynchronousTestCase):
         self.addCleanup(sink.close)
         conn, _ = auditEvents()
         sink.write(record(conn), formatEvent(conn), severity(conn))
-        parts = syslog_message(self.server.recv(65536))
-        self.assertEqual((parts["pri"], parts["msgid"], parts["host"]), (132, "connection", socket.gethostname()))
-        self.assertEqual(json.loads(parts["msg"])["id"], conn["id"])
+        parts = local_message(self.server.recv(65536))
+        self.assertEqual((parts["pri"], parts["tag"], parts["pid"]), (132, "etpmitm", str(conn["pid"])))
+        self.assertEqual(json.loads(parts["msg"]), json.loads(json.dumps(record(conn))))
 
     def test_daemonRestartedIsReconnected(self) -> None:
         sink = JournalSink(self.path)
@@ -366,10 +388,10 @@ class DatagramSinkTests(SynchronousTestCase):
         self.assertEqual(sink.outage.dropped, 11)
         [failure] = self.logged.texts("cannot send audit events to syslog:unix:")
         self.assertIn("its socket's queue is full; dropping them until it works again", failure)
-        received = [json.loads(syslog_message(self.server.recv(65536))["msg"])["n"] for _ in range(sent - 1)]
+        received = [json.loads(local_message(self.server.recv(65536))["msg"])["n"] for _ in range(sent - 1)]
         self.assertEqual(received, list(range(sent - 1)))
         sink.write({"event": "connection", "n": "after"}, "m", 6)
-        self.assertEqual(json.loads(syslog_message(self.server.recv(65536))["msg"])["n"], "after")
+        self.assertEqual(json.loads(local_message(self.server.recv(65536))["msg"])["n"], "after")
         self.assertEqual(len(self.logged.texts("11 dropped meanwhile")), 1)
 
     def test_reopen(self) -> None:
@@ -381,11 +403,11 @@ class DatagramSinkTests(SynchronousTestCase):
         [error] = self.logged.texts("still using the socket it was")
         self.assertIn(f"{self.path}: No such file or directory", error)
         sink.write({"event": "connection", "n": 1}, "m", 6)
-        self.assertEqual(json.loads(syslog_message(self.server.recv(65536))["msg"])["n"], 1)
+        self.assertEqual(json.loads(local_message(self.server.recv(65536))["msg"])["n"], 1)
         old, self.server = self.server, self.bind()
         self.assertTrue(sink.reopen())
         sink.write({"event": "connection", "n": 2}, "m", 6)
-        self.assertEqual(json.loads(syslog_message(self.server.recv(65536))["msg"])["n"], 2)
+        self.assertEqual(json.loads(local_message(self.server.recv(65536))["msg"])["n"], 2)
         old.setblocking(False)
         self.assertRaises(BlockingIOError, old.recv, 65536)
 
@@ -639,6 +661,18 @@ class JournalctlTests(TestCase):
         self.assertEqual(json.loads(entry["ETPMITM_ALPN_OFFERED"]), ["h2", "http/1.1"])
         self.assertEqual(int(entry["_PID"]), os.getpid())
 
+    def test_devLog(self) -> None:
+        """``syslog:unix:`` at journald's syslog socket: it parses syslog(3)'s format."""
+        sink = DatagramSyslogSink(parseAddress("unix:/run/systemd/journal/dev-log"))
+        self.addCleanup(sink.close)
+        conn, _ = auditEvents()
+        rec = {**record(conn), "id": f"test-{os.getpid()}-{time.time_ns()}"}
+        sink.write(rec, formatEvent(conn), 4)
+        entry = self.entry("SYSLOG_PID", str(rec["pid"]))
+        self.assertEqual((entry["SYSLOG_IDENTIFIER"], entry["PRIORITY"], entry["SYSLOG_FACILITY"]),
+                         ("etpmitm", "4", "16"))
+        self.assertEqual(json.loads(entry["MESSAGE"]), json.loads(json.dumps(rec)))
+
     def test_largeEntry(self) -> None:
         """Too large for a datagram: journald takes it from the sealed memfd."""
         sink = JournalSink()
@@ -649,6 +683,72 @@ class JournalctlTests(TestCase):
         entry = self.entry("ETPMITM_CONNECTION", connection)
         self.assertEqual(entry["ETPMITM_HEAD_PATH"], path)
         self.assertEqual(sink.outage.dropped, 0)
+
+
+RSYSLOG_CONF = """
+global(workDirectory="{dir}")
+module(load="imuxsock" SysSock.Use="off")
+module(load="imudp")
+input(type="imuxsock" Socket="{dir}/log")
+input(type="imudp" address="127.0.0.1" port="{port}")
+template(name="fields" type="list") {{
+  property(name="inputname") constant(value="|")
+  property(name="pri") constant(value="|")
+  property(name="hostname") constant(value="|")
+  property(name="programname") constant(value="|")
+  property(name="procid") constant(value="|")
+  property(name="msgid") constant(value="|")
+  property(name="msg" droplastlf="on") constant(value="\\n")
+}}
+*.* action(type="omfile" file="{dir}/out.log" template="fields")
+"""
+
+
+class RsyslogTests(TestCase):
+    """A real rsyslogd, with its default parsers, takes the unix and UDP sinks' messages."""
+
+    skip = None if shutil.which("rsyslogd") else "rsyslogd is not installed (apt: rsyslog)"
+
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="etpmitm-rsyslog-", dir="/tmp"))
+        self.addCleanup(subprocess.run, ["rm", "-rf", str(self.dir)])
+        self.port = freePort()
+        (self.dir / "rsyslog.conf").write_text(RSYSLOG_CONF.format(dir=self.dir, port=self.port))
+        proc = subprocess.Popen(["rsyslogd", "-n", "-f", str(self.dir / "rsyslog.conf"), "-i", str(self.dir / "pid")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(proc.wait, 30)
+        self.addCleanup(proc.terminate)
+        deadline = time.monotonic() + 30
+        while not (self.dir / "log").exists():
+            self.assertIsNone(proc.poll(), "rsyslogd exited")
+            self.assertLess(time.monotonic(), deadline, "rsyslogd did not start")
+            time.sleep(0.05)
+
+    def received(self, count: int) -> list[list[str]]:
+        out = self.dir / "out.log"
+        deadline = time.monotonic() + 30
+        while True:
+            lines = [line.split("|", 6) for line in (out.read_text() if out.exists() else "").splitlines()]
+            if len(lines) >= count or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
+
+    def test_unixAndUDP(self) -> None:
+        conn, request = auditEvents()
+        unix = DatagramSyslogSink(parseAddress(f"unix:{self.dir}/log"))
+        self.addCleanup(unix.close)
+        unix.write(record(conn), formatEvent(conn), severity(conn))
+        [line] = self.received(1)
+        self.assertEqual(line[:2] + line[3:6], ["imuxsock", "132", "etpmitm", str(conn["pid"]), "-"])
+        self.assertEqual(json.loads(line[6].strip()), json.loads(json.dumps(record(conn))))
+
+        udp = DatagramSyslogSink(parseAddress(f"udp:127.0.0.1:{self.port}"))
+        self.addCleanup(udp.close)
+        udp.write(record(request), formatEvent(request), severity(request))
+        [_, line] = self.received(2)
+        # A request event has no pid: PROCID is the sender's.
+        self.assertEqual(line[:6], ["imudp", "134", udp.hostname, "etpmitm", str(os.getpid()), "request"])
+        self.assertEqual(json.loads(line[6]), json.loads(json.dumps(record(request))))
 
 
 class StartupTests(TestCase):
@@ -713,16 +813,16 @@ class WorkersTests(TestCase):
             self.assertLess(time.monotonic(), deadline, "the workers did not start")
             time.sleep(0.05)
         self.connect(port, 4)
-        messages = [syslog_message(self.server.recv(65536)) for _ in range(4)]
+        messages = [local_message(self.server.recv(65536)) for _ in range(4)]
         records = [json.loads(m["msg"]) for m in messages]
         self.assertEqual(len({r["id"] for r in records}), 4)
-        self.assertEqual([m["procid"] for m in messages], [str(r["pid"]) for r in records])
+        self.assertEqual([m["pid"] for m in messages], [str(r["pid"]) for r in records])
         self.assertNotIn(proc.pid, {r["pid"] for r in records})  # the workers handled them
         self.assertEqual({(r["action"], r["outcome"], m["pri"]) for r, m in zip(records, messages)},
                          {("refuse", "error", 132)})
         # The next message is the next connection's: none came twice (from a worker and the master).
         self.connect(port, 1)
-        fifth = json.loads(syslog_message(self.server.recv(65536))["msg"])
+        fifth = json.loads(local_message(self.server.recv(65536))["msg"])
         self.assertNotIn(fifth["id"], {r["id"] for r in records})
 
     def connect(self, port: int, count: int) -> None:
