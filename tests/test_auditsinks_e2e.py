@@ -5,6 +5,7 @@ gateway namespace, and at a unix datagram socket standing in for journald's."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import socket
@@ -71,6 +72,7 @@ _journal: dict[str, socket.socket] = {}
 
 def build_journal_lab() -> GatewayLab:
     directory = Path(tempfile.mkdtemp(prefix="etpmitm-journal-"))
+    atexit.register(shutil.rmtree, directory, True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(str(directory / "socket"))
     server.setblocking(False)
