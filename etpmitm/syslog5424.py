@@ -71,6 +71,8 @@ class SyslogAddress:
 def parseAddress(value: str) -> SyslogAddress:
     """``unix:PATH``, ``udp:HOST:PORT`` or ``tcp:HOST:PORT`` (an IPv6 HOST in brackets)."""
     transport, _, rest = value.partition(":")
+    if not value:
+        raise SyslogAddressError(f"--audit-log syslog needs an address; use {_USAGE}")
     if transport == "unix":
         if not rest:
             raise SyslogAddressError(f"--audit-log syslog:{value}: no socket path; use {_USAGE}")

@@ -203,7 +203,7 @@ class SyslogEncoderTests(SynchronousTestCase):
         self.assertEqual(parseAddress("udp:siem.example:514"), SyslogAddress("udp", host="siem.example", port=514))
         self.assertEqual(parseAddress("tcp:[2001:db8::1]:6514"), SyslogAddress("tcp", host="2001:db8::1", port=6514))
         self.assertEqual(str(parseAddress("tcp:[2001:db8::1]:6514")), "syslog:tcp:[2001:db8::1]:6514")
-        for bad, words in [("", "unknown transport ''"), ("unix:", "no socket path"), ("udp:host", "needs HOST:PORT"),
+        for bad, words in [("", "--audit-log syslog needs an address"), ("unix:", "no socket path"), ("udp:host", "needs HOST:PORT"),
                            ("tcp:host:0", "needs HOST:PORT"), ("tcp::514", "needs HOST:PORT"),
                            ("udp:host:http", "needs HOST:PORT"), ("tls:host:6514", "unknown transport 'tls'")]:
             with self.assertRaises(SyslogAddressError) as caught:
@@ -218,7 +218,7 @@ class ChoosingTests(SynchronousTestCase):
         self.addCleanup(subprocess.run, ["rm", "-rf", str(self.dir)])
 
     def test_badValuesAreOneLine(self) -> None:
-        for value, words in [("syslog:", "unknown transport"), ("syslog", "unknown transport"),
+        for value, words in [("syslog:", "needs an address"), ("syslog", "needs an address"),
                              ("syslog:udp:host", "needs HOST:PORT"), ("tcp:10.0.0.1:514", "unknown kind 'tcp'"),
                              ("journal:x", "unknown kind 'journal'"),
                              (f"syslog:unix:{self.dir}/nope", "No such file or directory"),
@@ -763,7 +763,7 @@ class StartupTests(TestCase):
 
     def test_badValues(self) -> None:
         for value, expected in [
-            ("syslog:", "etpmitm: error: --audit-log syslog:: unknown transport ''; use syslog:unix:PATH, "
+            ("syslog:", "etpmitm: error: --audit-log syslog needs an address; use syslog:unix:PATH, "
                         "syslog:udp:HOST:PORT or syslog:tcp:HOST:PORT"),
             ("syslog:udp:host", "etpmitm: error: --audit-log syslog:udp:host: needs HOST:PORT with a port from 1 to "
                                 "65535; use syslog:unix:PATH, syslog:udp:HOST:PORT or syslog:tcp:HOST:PORT"),
