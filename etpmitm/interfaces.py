@@ -87,3 +87,35 @@ class ILayer(Interface):
 
     def closed() -> None:
         """Both sides are gone; release what the layer holds."""
+
+
+class IAuditSink(Interface):
+    """Where ``--audit-log`` sends the audit events: a file, the journal, syslog, or your own.
+
+    The gateway calls these from the reactor thread; they must not block.
+    A sink that cannot deliver an event drops it with a logged reason
+    (never raises, never buffers without bound).
+    """
+
+    def start() -> None:
+        """The service starts (the reactor runs next): open network connections here."""
+
+    def write(record: dict[str, object], message: str, severity: int) -> None:
+        """Deliver one audit event.
+
+        ``record`` is the JSON object of the README's "Audit events as JSON
+        lines" (``event``, ``time`` and the fields); ``message`` is the
+        event's one-line text, as in the gateway's log; ``severity`` is the
+        syslog severity (6 informational, 4 warning, ...).
+        """
+
+    def reopen() -> bool:
+        """SIGUSR1: open the destination again (logrotate, a restarted syslog); False if it failed."""
+
+    def close() -> object:
+        """The service stops: flush what can be flushed without blocking, and let go.
+
+        It may return a Deferred that fires when that is done (the service
+        returns it, so twistd waits for it before the reactor stops); it
+        should fire within seconds even if the destination does not answer.
+        """

@@ -21,7 +21,8 @@ from twisted.python import usage
 from etpmitm import audit
 from etpmitm.memory import Trimmer, mallocTrim
 from etpmitm.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_PER_CLIENT, DEFAULT_PER_CLIENT_RATE, Admission
-from etpmitm.auditlog import AuditLogError, AuditLogFile, AuditLogService
+from etpmitm.auditlog import AuditLogError, AuditLogService
+from etpmitm.auditsinks import openAuditSink
 from etpmitm.ca.directory import CertificateAuthority, LeafKeyKind, load_ca
 from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import load_or_create_leaf_key
@@ -33,6 +34,7 @@ from etpmitm.gateway.inspect import inspectingLayer
 from etpmitm.gateway.intake import IntakeFactory
 from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.gateway.settings import GatewaySettings
+from etpmitm.interfaces import IAuditSink
 from etpmitm.gateway.origin import RELAY_BUFFER, TrustStoreError, system_bundle, upstream_context
 from etpmitm.keyfiles import KeyFileError, read_passphrase_file
 from etpmitm.learnedmessage import from_message, to_message
@@ -78,7 +80,7 @@ class Options(usage.Options):
         ["max-client-rate", None, f"{DEFAULT_PER_CLIENT_RATE:g}", "New connections per second from one client address, per process (bursts of twice that); 0: unlimited"],
         ["relay-buffer", None, RELAY_BUFFER, "Bytes buffered towards a side before its peer stops being read (a stalled reader holds about 4x this)", int],
         ["backlog", None, DEFAULT_BACKLOG, "Accept queue of each listening socket (capped by net.core.somaxconn)", int],
-        ["audit-log", None, None, "Also write the audit events (per connection and per request) to this file as JSON lines; SIGUSR1 reopens it"],
+        ["audit-log", None, None, "Also send the audit events (per connection and per request) to journald, syslog:unix:PATH, syslog:udp:HOST:PORT, syslog:tcp:HOST:PORT, or a FILE of JSON lines; SIGUSR1 reopens it"],
     ]
 
     def __init__(self) -> None:
@@ -292,17 +294,19 @@ def makeService(options: Options) -> IService:
     return _withAuditLog(top, auditLog)
 
 
-def _auditLog(options: Options) -> AuditLogFile | None:
-    """The ``--audit-log`` file, open; not in a worker (the master writes its events)."""
+def _auditLog(options: Options) -> IAuditSink | None:
+    """The ``--audit-log`` sink, open; not in a worker (the master writes its events)."""
     if options["audit-log"] is None or options["worker-listen"]:
         return None
     try:
-        return AuditLogFile(Path(options["audit-log"]))
+        from twisted.internet import reactor
+
+        return openAuditSink(options["audit-log"], reactor)
     except AuditLogError as e:
         raise StartupError(str(e)) from None
 
 
-def _withAuditLog(top: MultiService, auditLog: AuditLogFile | None) -> MultiService:
+def _withAuditLog(top: MultiService, auditLog: IAuditSink | None) -> MultiService:
     if auditLog is not None:
         AuditLogService(auditLog).setServiceParent(top)
     return top
