@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # One package per line: the lab's real components (c-icap and clamd for ICAP,
+    # A group per line; the lab's real components (c-icap and clamd for ICAP,
     # rsyslog for the syslog sink, chromium for the browser test, ...).
     packages=(
         iproute2 iptables nftables procps psmisc
