@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
-from twisted.internet.defer import Deferred
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -35,4 +36,21 @@ def drain(clock: IReactorTime, openNow: Callable[[], int], timeout: float) -> De
             clock.callLater(POLL, look)
 
     clock.callLater(POLL, look)
+    return done
+
+
+def stopInOrder(children: Iterable[IService], last: Callable[[IService], bool],
+                between: Callable[[], Deferred[None]]) -> Deferred[object]:
+    """Stop ``children`` (in reverse, as a MultiService does) except those ``last``
+    picks, then wait for ``between`` (the drain), then stop those: the audit log
+    stays open for the connections that end while draining."""
+    services = list(children)[::-1]
+    later = [s for s in services if last(s)]
+
+    def stop(group: list[IService]) -> Deferred[object]:
+        return DeferredList([maybeDeferred(s.stopService) for s in group])  # type: ignore[return-value]
+
+    done = stop([s for s in services if not last(s)])
+    done.addCallback(lambda _: between())
+    done.addCallback(lambda _: stop(later))
     return done

@@ -12,14 +12,14 @@ from typing import Any, Callable, cast
 
 import attrs
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
 from etpmitm import audit, metricssetup
-from etpmitm.drain import drain
+from etpmitm.drain import drain, stopInOrder
 from etpmitm.memory import Trimmer, mallocTrim
 from etpmitm.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_PER_CLIENT, DEFAULT_PER_CLIENT_RATE, Admission
 from etpmitm.auditlog import AuditLogError, AuditLogFile, AuditLogService
@@ -231,8 +231,9 @@ class GatewayService(MultiService):
 
         if self.trimmer is not None:
             self.trimmer.stop()
-        stopped = super().stopService()  # the listeners first: no new connection
-        return stopped.addCallback(lambda _: drain(cast(IReactorTime, reactor), audit.open_now, self.drainTimeout))
+        Service.stopService(self)
+        # The listeners first (no new connection), then the drain, then the audit log.
+        return stopInOrder(self, _outlivesDrain, lambda: drain(cast(IReactorTime, reactor), audit.open_now, self.drainTimeout))
 
     def privilegedStartService(self) -> None:
         try:
@@ -343,6 +344,11 @@ def _withMetrics(top: MultiService, setup: metricssetup.MetricsSetup | None) -> 
     if setup is not None:
         setup.service.setServiceParent(top)
     return top
+
+
+def _outlivesDrain(service: IService) -> bool:
+    """Stopped after the drain (and, in the master, after the workers): the audit log."""
+    return isinstance(service, AuditLogService)
 
 
 def _withAuditLog(top: MultiService, auditLog: AuditLogFile | None) -> MultiService:
@@ -479,6 +485,13 @@ class MasterService(MultiService):
         self.pool.stopGrace = self.stopGrace
         self.pool.setServiceParent(self)
         super().privilegedStartService()
+
+    def stopService(self) -> Any:
+        """The workers first (they drain, and their last events come here), then the audit log."""
+        from twisted.internet.defer import succeed
+
+        Service.stopService(self)
+        return stopInOrder(self, _outlivesDrain, lambda: succeed(None))
 
 
 def _listenPorts(descriptions: list[str]) -> list[str]:

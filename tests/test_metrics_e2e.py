@@ -214,10 +214,12 @@ class WorkersTests(_MetricsTests, TestCase):
 class DrainTests(TestCase):
     """``/healthz`` answers 503 while SIGTERM drains a connection that is still open."""
 
+    extra: tuple[str, ...] = ()
+
     def setUp(self) -> None:
         if (reason := lab_unavailable()) is not None:
             raise SkipTest(reason)
-        self.env = build_lab("--drain-timeout", "60")
+        self.env = build_lab("--drain-timeout", "60", *self.extra)
         self.addCleanup(self.env.close)
 
     def test_unhealthyWhileDraining(self) -> None:
@@ -249,3 +251,9 @@ class DrainTests(TestCase):
         [event] = audited(env)
         self.assertEqual((event["action"], event["outcome"]), ("intercept", "ok"))
 
+
+
+class DrainWorkersTests(DrainTests):
+    """The master answers 503 while its workers drain."""
+
+    extra = ("--workers", "2")
