@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -68,8 +69,7 @@ def setUp(description: str, workers: int, ca: CertificateAuthority, leafKey: Pri
     if workers > 1:
         directory = privateDirectory()
         metrics.useDirectory(directory)
-        from twisted.internet import reactor
-
-        reactor.addSystemEventTrigger("after", "shutdown", shutil.rmtree, directory, True)
+        # At exit: after the workers stopped, and also when start-up fails.
+        atexit.register(shutil.rmtree, directory, True)
     metrics.install(metrics.PrometheusMetrics(registry, directory))
     return MetricsSetup(service, directory)
