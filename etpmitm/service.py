@@ -8,7 +8,7 @@ import re
 import resource
 import signal
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import attrs
 from twisted.application import strports
@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IReactorProcess, IReactorSocket, IReacto
 from twisted.logger import Logger
 from twisted.python import usage
 
-from etpmitm import audit, metricssetup
+from etpmitm import audit
 from etpmitm.drain import drain, stopInOrder
 from etpmitm.memory import Trimmer, mallocTrim
 from etpmitm.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_PER_CLIENT, DEFAULT_PER_CLIENT_RATE, Admission
@@ -42,6 +42,9 @@ from etpmitm.limits import raise_nofile_limit
 from etpmitm.policy import PolicyError
 from etpmitm.sharedports import AdoptedPorts, bindShared, tcpAddress, withBacklog
 from etpmitm.workers import STOP_GRACE, MasterLink, WorkerPool
+
+if TYPE_CHECKING:
+    from etpmitm import metricssetup
 
 log = Logger()
 
@@ -269,7 +272,9 @@ def makeService(options: Options) -> IService:
         raise StartupError(str(e)) from None
     descriptions = _listenDescriptions(options)
     if options["worker-metrics"]:
-        metricssetup.inWorker(options["worker-metrics"])
+        from etpmitm.metricssetup import inWorker
+
+        inWorker(options["worker-metrics"])
     accepting: list[Callable[[], str | None]] = []
     metricsSetup = _metricsSetup(options, ca, leafKey, accepting)
     auditLog = _auditLog(options)
@@ -333,8 +338,10 @@ def _metricsSetup(options: Options, ca: CertificateAuthority, leafKey: Any,
     description = options["metrics"]
     if description is None or options["worker-listen"]:
         return None
+    from etpmitm.metricssetup import setUp  # twisted.web and prometheus_client only with --metrics
+
     try:
-        return metricssetup.setUp(description, options["workers"], ca, leafKey, cast(IReactorTime, reactor).seconds,
+        return setUp(description, options["workers"], ca, leafKey, cast(IReactorTime, reactor).seconds,
                                   lambda: next((p for check in accepting if (p := check()) is not None), None))
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise StartupError(f"bad --metrics {description!r}: {e}") from None
