@@ -2,7 +2,7 @@
 
 Run from the repository root, as root (it builds network namespaces)::
 
-    .venv/bin/python bench/bench.py [--quick] [--json OUT] [--profile DIR] [--workers N|auto] [--learning] [--inspect on|off] [--gateway-arg ARG]
+    .venv/bin/python bench/bench.py [--quick] [--json OUT] [--profile DIR] [--workers N|auto] [--learning] [--inspect on|off] [--metrics on|off] [--gateway-arg ARG]
 
 One namespace lab (tests/lab.py, tests/gatewaylab.py): the client namespace
 runs the load generators, the gateway namespace runs ``twistd -n etpmitm``
@@ -84,6 +84,7 @@ class Settings:
     gateway_args: tuple[str, ...] = ()  # added to the gateway's command line (default: none)
     learning: bool = False  # keep the gateway's learned bypasses on (see bench_policy)
     inspect: str | None = None  # "on" or "off": the policy's [inspect] http (default: the gateway's)
+    metrics: str = "off"  # "on": the gateway serves --metrics (on the gateway's loopback) during the loads
 
     @classmethod
     def quick(cls) -> Settings:
@@ -443,6 +444,7 @@ def bench_lab(settings: Settings) -> Iterator[Bench]:
             args = [
                 *bench_policy(env.lab.workdir, settings.learning, settings.inspect),
                 f"--workers={settings.workers}",
+                *(["--metrics=tcp:9180:interface=127.0.0.1"] if settings.metrics == "on" else []),
                 *settings.gateway_args,
             ]
             print(f"gateway arguments beyond the lab's: {args}", flush=True)
@@ -895,8 +897,21 @@ def run(settings: Settings) -> tuple[dict[str, Comparison], dict[str, Any]]:
         comparisons["ttfb_p50"], comparisons["ttfb_p99"] = ttfb(bench, settings)
         print("memory ...", flush=True)
         mem = memory(bench, settings, idle_start)
+        if settings.metrics == "on":
+            print_scrape(bench)
     judge(comparisons)
     return comparisons, mem
+
+
+def print_scrape(bench: Bench) -> None:
+    """--metrics on: one scrape after the loads, to show what was counted."""
+    done = bench.env.lab.gateway.run(["curl", "-sS", "--max-time", "10", "http://127.0.0.1:9180/metrics"], check=False)
+    totals: Counter[str] = Counter()
+    for line in done.stdout.splitlines():
+        name = line.partition("{")[0].partition(" ")[0]
+        if name in ("etpmitm_connections_total", "etpmitm_http_requests_total"):
+            totals[name] += float(line.rpartition(" ")[2])
+    print(f"metrics scrape after the loads: {dict(totals)}", flush=True)
 
 
 def write_json(path: Path, command: str, host: dict[str, Any], background: dict[str, float],
@@ -920,7 +935,7 @@ def main_bench(args: argparse.Namespace) -> int:
     settings = replace(
         Settings.quick() if args.quick else Settings(),
         profile=args.profile, gateway_args=tuple(args.gateway_arg), learning=args.learning,
-        workers=args.workers, inspect=args.inspect,
+        workers=args.workers, inspect=args.inspect, metrics=args.metrics,
     )
     command = shlex.join([sys.executable, *sys.argv])
     host = machine()
@@ -1003,6 +1018,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--inspect", choices=("on", "off"),
         help="the policy's [inspect] http: HTTP inspection on or off (default: the gateway's default)",
+    )
+    parser.add_argument(
+        "--metrics", choices=("on", "off"), default="off",
+        help="the gateway's --metrics: on serves /metrics (scraped once at the end), off (default) counts nothing",
     )
     parser.add_argument(
         "--learning", action="store_true",

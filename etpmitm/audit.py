@@ -14,14 +14,22 @@ from typing import Any, Literal
 import attrs
 from twisted.logger import Logger
 
+from etpmitm import metrics
+
 log = Logger(namespace="etpmitm.audit")
 _ids = itertools.count(1)
 _ended = 0
+_started = 0
 
 
 def ended() -> int:
     """How many connections this process has audited (ended) so far."""
     return _ended
+
+
+def open_now() -> int:
+    """Connections this process has begun (made a record for) and not yet audited."""
+    return _started - _ended
 
 Action = Literal["intercept", "splice", "block", "close", "refuse"]
 """intercept: decrypted and relayed; splice: passed through as raw TCP;
@@ -82,6 +90,11 @@ class ConnectionRecord:
     """Unique per connection on this host: the per-request events carry it."""
     _emitted: bool = False
 
+    def __attrs_post_init__(self) -> None:
+        global _started
+        _started += 1
+        metrics.current.connectionOpened()
+
     def fail(self, reason: str) -> None:
         """Record the first failure; later ones are consequences."""
         if self.outcome != "error":
@@ -118,3 +131,4 @@ class ConnectionRecord:
             log.info(_FORMAT, **fields)
         else:
             log.warn(_FORMAT, **fields)
+        metrics.current.connectionEnded(self)

@@ -13,6 +13,8 @@ from typing import Any, Callable, Literal
 import attrs
 from twisted.logger import Logger
 
+from etpmitm import metrics
+
 log = Logger(namespace="etpmitm.audit.request")
 
 RequestAction = Literal["allow", "block", "refuse"]
@@ -122,3 +124,4 @@ class RequestRecord:
             "request {connection}/{stream} {method} {url} -> {status} action={action} reason={reason!r}",
             method=self.head.method, url=self.head.url, **self.fields(),
         )
+        metrics.current.requestEnded(self)

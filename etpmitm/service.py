@@ -8,17 +8,18 @@ import re
 import resource
 import signal
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import attrs
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
 
 from etpmitm import audit
+from etpmitm.drain import drain, stopInOrder
 from etpmitm.memory import Trimmer, mallocTrim
 from etpmitm.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_PER_CLIENT, DEFAULT_PER_CLIENT_RATE, Admission
 from etpmitm.auditlog import AuditLogError, AuditLogService
@@ -42,9 +43,19 @@ from etpmitm.learning import Learned
 from etpmitm.limits import raise_nofile_limit
 from etpmitm.policy import PolicyError
 from etpmitm.sharedports import AdoptedPorts, bindShared, tcpAddress, withBacklog
-from etpmitm.workers import MasterLink, WorkerPool
+from etpmitm.workers import STOP_GRACE, MasterLink, WorkerPool
+
+if TYPE_CHECKING:
+    from etpmitm import metricssetup
 
 log = Logger()
+
+
+def _notNegative(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"must be 0 or a positive number of seconds, not {value}")
+    return number
 
 
 def _positive(value: str) -> float:
@@ -81,6 +92,9 @@ class Options(usage.Options):
         ["relay-buffer", None, RELAY_BUFFER, "Bytes buffered towards a side before its peer stops being read (a stalled reader holds about 4x this)", int],
         ["backlog", None, DEFAULT_BACKLOG, "Accept queue of each listening socket (capped by net.core.somaxconn)", int],
         ["audit-log", None, None, "Also send the audit events (per connection and per request) to journald, syslog:unix:PATH, syslog:udp:HOST:PORT, syslog:tcp:HOST:PORT, or a FILE of JSON lines; SIGUSR1 reopens it"],
+        ["metrics", None, None, "Serve Prometheus metrics at /metrics and a health check at /healthz on this endpoint (strports, e.g. tcp:9180:interface=127.0.0.1)"],
+        ["drain-timeout", None, 0.0, "On SIGTERM, stop accepting and give open connections this many seconds to end (0: cut them at once)", _notNegative],
+        ["worker-metrics", None, None, "Internal: the master's directory for the metrics of its workers"],
     ]
 
     def __init__(self) -> None:
@@ -194,11 +208,12 @@ class GatewayService(MultiService):
     after connections end (:mod:`etpmitm.memory`).
     """
 
-    def __init__(self, policy: PolicyHolder, master: MasterLink | None = None) -> None:
+    def __init__(self, policy: PolicyHolder, master: MasterLink | None = None, drainTimeout: float = 0.0) -> None:
         super().__init__()
         self.policy = policy
         self.master = master
         self.trimmer: Trimmer | None = None
+        self.drainTimeout = drainTimeout
 
     def startService(self) -> None:
         super().startService()
@@ -217,9 +232,13 @@ class GatewayService(MultiService):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     def stopService(self) -> Any:
+        from twisted.internet import reactor
+
         if self.trimmer is not None:
             self.trimmer.stop()
-        return super().stopService()
+        Service.stopService(self)
+        # The listeners first (no new connection), then the drain, then the audit log.
+        return stopInOrder(self, _outlivesDrain, lambda: drain(cast(IReactorTime, reactor), audit.open_now, self.drainTimeout))
 
     def privilegedStartService(self) -> None:
         try:
@@ -254,12 +273,20 @@ def makeService(options: Options) -> IService:
     except (CAError, TrustStoreError, PolicyError) as e:
         raise StartupError(str(e)) from None
     descriptions = _listenDescriptions(options)
+    if options["worker-metrics"]:
+        from etpmitm.metricssetup import inWorker
+
+        inWorker(options["worker-metrics"])
+    accepting: list[Callable[[], str | None]] = []
+    metricsSetup = _metricsSetup(options, ca, leafKey, accepting)
     auditLog = _auditLog(options)
 
     _logDescriptorLimit(options, *raise_nofile_limit())
 
     if options["workers"] > 1 and not options["worker-listen"]:
-        return _withAuditLog(_master(options, descriptions, directory, ca, bundle), auditLog)
+        master = _master(options, descriptions, directory, ca, bundle, metricsSetup)
+        accepting.append(lambda: None if master.pool is not None and master.pool.pids else "no worker is running")
+        return _withAuditLog(_withMetrics(master, metricsSetup), auditLog)
 
     link: MasterLink | None = None
     if options["worker-listen"]:
@@ -280,7 +307,8 @@ def makeService(options: Options) -> IService:
     )
     settings = attrs.evolve(settings, layerFor=inspectingLayer(settings))
     factory = IntakeFactory(settings)
-    top = GatewayService(policy, link)
+    top = GatewayService(policy, link, options["drain-timeout"])
+    accepting.append(lambda: None if top.running else "not accepting")
     if link is not None:
         AdoptedPorts(cast(IReactorSocket, reactor), options["worker-listen"], factory).setServiceParent(top)
         log.info("etpmitm worker {pid} serving the master's sockets", pid=os.getpid())
@@ -291,7 +319,7 @@ def makeService(options: Options) -> IService:
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     _logStart(options, directory, ca, bundle)
-    return _withAuditLog(top, auditLog)
+    return _withAuditLog(_withMetrics(top, metricsSetup), auditLog)
 
 
 def _auditLog(options: Options) -> IAuditSink | None:
@@ -304,6 +332,34 @@ def _auditLog(options: Options) -> IAuditSink | None:
         return openAuditSink(options["audit-log"], reactor)
     except AuditLogError as e:
         raise StartupError(str(e)) from None
+
+
+def _metricsSetup(options: Options, ca: CertificateAuthority, leafKey: Any,
+                  accepting: list[Callable[[], str | None]]) -> metricssetup.MetricsSetup | None:
+    """``--metrics``: installs the metrics, and returns the listener to add (not in a worker)."""
+    from twisted.internet import reactor
+
+    description = options["metrics"]
+    if description is None or options["worker-listen"]:
+        return None
+    from etpmitm.metricssetup import setUp  # twisted.web and prometheus_client only with --metrics
+
+    try:
+        return setUp(description, options["workers"], ca, leafKey, cast(IReactorTime, reactor).seconds,
+                                  lambda: next((p for check in accepting if (p := check()) is not None), None))
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise StartupError(f"bad --metrics {description!r}: {e}") from None
+
+
+def _withMetrics(top: MultiService, setup: metricssetup.MetricsSetup | None) -> MultiService:
+    if setup is not None:
+        setup.service.setServiceParent(top)
+    return top
+
+
+def _outlivesDrain(service: IService) -> bool:
+    """Stopped after the drain (and, in the master, after the workers): the audit log."""
+    return isinstance(service, AuditLogService)
 
 
 def _withAuditLog(top: MultiService, auditLog: IAuditSink | None) -> MultiService:
@@ -388,9 +444,11 @@ def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
 
 
 def _master(options: Options, descriptions: list[str], directory: Path, ca: CertificateAuthority,
-            bundle: Path) -> MasterService:
+            bundle: Path, metricsSetup: metricssetup.MetricsSetup | None = None) -> MasterService:
     """The master of ``--workers N``: binds the sockets, runs the workers."""
-    top = MasterService(descriptions, options["workers"], _workerOptions(options, directory))
+    extra = metricsSetup.workerOptions() if metricsSetup is not None else []
+    top = MasterService(descriptions, options["workers"], _workerOptions(options, directory) + extra)
+    top.stopGrace = STOP_GRACE + options["drain-timeout"]
     _logStart(options, directory, ca, bundle)
     return top
 
@@ -401,7 +459,7 @@ def _workerOptions(options: Options, directory: Path) -> list[str]:
     trust = options["upstream-trust"]
     argv.append(f"--upstream-trust={trust if trust == 'system' else Path(trust).resolve()}")
     for name in ("handshake-timeout", "connect-timeout", "idle-timeout", "relay-buffer", "leaf-key", "leaf-cache",
-                 "max-connections", "max-client-connections", "max-client-rate"):
+                 "max-connections", "max-client-connections", "max-client-rate", "drain-timeout"):
         argv.append(f"--{name}={options[name]}")
     for name in ("passphrase-file", "policy"):
         if options[name] is not None:
@@ -418,6 +476,7 @@ class MasterService(MultiService):
         self._workers = workers
         self._workerOptions = workerOptions
         self.pool: WorkerPool | None = None
+        self.stopGrace = STOP_GRACE
 
     def privilegedStartService(self) -> None:
         from twisted.internet import reactor
@@ -434,8 +493,16 @@ class MasterService(MultiService):
         sockets = [[group[i] for group in groups] for i in range(self._workers)]
         backlogs = [tcpAddress(description).backlog for description in self._descriptions]
         self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, backlogs, self._workerOptions)
+        self.pool.stopGrace = self.stopGrace
         self.pool.setServiceParent(self)
         super().privilegedStartService()
+
+    def stopService(self) -> Any:
+        """The workers first (they drain, and their last events come here), then the audit log."""
+        from twisted.internet.defer import succeed
+
+        Service.stopService(self)
+        return stopInOrder(self, _outlivesDrain, lambda: succeed(None))
 
 
 def _listenPorts(descriptions: list[str]) -> list[str]:

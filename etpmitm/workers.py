@@ -48,6 +48,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver, Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
+from etpmitm import metrics
 from etpmitm.sharedports import stopListening
 
 log = Logger()
@@ -166,6 +167,8 @@ class WorkerPool(Service):
         self._restarts: dict[int, IDelayedCall] = {}
         self._delay = 1.0
         self._stopping = False
+        self.stopGrace = STOP_GRACE
+        """Seconds stopping workers get before they are killed (more with ``--drain-timeout``)."""
 
     def _clock(self) -> IReactorTime:
         return self._reactor  # type: ignore[return-value]
@@ -188,6 +191,7 @@ class WorkerPool(Service):
             self._reactor.spawnProcess(worker, argv[0], argv, env=os.environ.copy(), childFDs=childFDs)
         self._workers[slot] = worker
         worker.pid = worker.transport.pid  # type: ignore[union-attr]
+        metrics.current.workerStarted(worker.pid)
         log.info("worker {slot} started, pid {pid}", slot=slot, pid=worker.pid)
 
     @property
@@ -225,6 +229,7 @@ class WorkerPool(Service):
     def ended(self, worker: _Worker, reason: Failure) -> None:
         if self._workers.get(worker.slot) is worker:
             del self._workers[worker.slot]
+        metrics.current.workerEnded(worker.pid, restarting=not self._stopping)
         if self._stopping:
             return
         for skt in self._sockets[worker.slot]:
@@ -249,7 +254,7 @@ class WorkerPool(Service):
         workers = list(self._workers.values())
         for worker in workers:
             worker.transport.signalProcess("TERM")  # type: ignore[union-attr]
-        kill = self._clock().callLater(STOP_GRACE, self._kill, workers)
+        kill = self._clock().callLater(self.stopGrace, self._kill, workers)
         done: Deferred[object] = DeferredList([w.ended for w in workers])  # type: ignore[assignment]
 
         def stopped(result: object) -> object:
@@ -262,7 +267,7 @@ class WorkerPool(Service):
     def _kill(self, workers: list[_Worker]) -> None:
         for worker in workers:
             if worker.transport is not None and worker.transport.pid:
-                log.warn("worker {slot} did not stop within {grace}s; killing it", slot=worker.slot, grace=STOP_GRACE)
+                log.warn("worker {slot} did not stop within {grace}s; killing it", slot=worker.slot, grace=self.stopGrace)
                 worker.transport.signalProcess("KILL")
 
 

@@ -97,6 +97,19 @@ class StartupTests(TestCase):
         directory = self.ca()
         self.assertOneLineError(self.twistd("--ca-dir", str(directory), "--listen", "bogus:1"), "bad --listen 'bogus:1'")
 
+    def test_badMetrics(self) -> None:
+        """A bad --metrics description or a port in use: one line, with or without workers."""
+        directory = self.ca()
+        for workers in ("1", "2"):
+            done = self.twistd("--ca-dir", str(directory), "--workers", workers, "--listen", "tcp:0", "--metrics", "bogus:1")
+            self.assertOneLineError(done, "bad --metrics 'bogus:1'")
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            done = self.twistd("--ca-dir", str(directory), "--listen", "tcp:0", "--metrics", f"tcp:{port}:interface=127.0.0.1")
+        self.assertOneLineError(done, f"cannot listen for --metrics on 127.0.0.1:{port}", "Address already in use")
+
     def test_portOutOfRange(self) -> None:
         """One line, not a traceback, with or without workers."""
         directory = self.ca()

@@ -39,6 +39,7 @@ from twisted.internet.interfaces import IDelayedCall, IProtocol, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from etpmitm import metrics
 from etpmitm.addresses import unmap
 from etpmitm.audit import Action, ConnectionRecord
 from etpmitm.blockpage import BlockResponse
@@ -144,6 +145,8 @@ class Connection:
         self._pipe: Pipe | None = None
         self._resumable: OriginTLS | None = None
         self._aborted = False
+        self._phaseStarted = 0.0
+        """When the origin's or the device's handshake began (for the metrics)."""
 
     # -- the one place where state changes ----------------------------------------
 
@@ -181,6 +184,7 @@ class Connection:
     def helloRead(self, result: ClientHello | NotTLS) -> None:
         """The first bytes were judged: a whole ClientHello, or not TLS."""
         self._go(S.DECIDING)
+        metrics.current.handshake("client_hello", self.settings.clock.seconds() - self.record.started)
         if isinstance(result, NotTLS) and result.malformed:
             # Broken TLS is refused, never passed through uninspected.
             self._refuse(f"malformed ClientHello: {result.reason}")
@@ -219,6 +223,7 @@ class Connection:
         if side is self._originSide and self.state is S.CONNECTING_ORIGIN:
             self._originReady()
         elif side is self._deviceSide and self.state is S.HANDSHAKING_DEVICE:
+            metrics.current.handshake("device", self.settings.clock.seconds() - self._phaseStarted)
             self._relay()
 
     def sideData(self, side: Side, data: bytes) -> None:
@@ -344,6 +349,7 @@ class Connection:
         self._go(S.CONNECTING_ORIGIN)
         self.record.action = "intercept"
         self._decided = decided
+        self._phaseStarted = self.settings.clock.seconds()
         hello, settings = self.hello, self.settings
         assert hello is not None
         side = self._originSide = Side("origin", self)
@@ -381,6 +387,7 @@ class Connection:
         origin, side, hello = self._origin, self._originSide, self.hello
         assert origin is not None and side is not None and hello is not None
         origin.tls.pauseProducing()  # its bytes wait until relaying
+        metrics.current.handshake("origin", self.settings.clock.seconds() - self._phaseStarted)
         if origin.record.certificateRequested:
             self._learnClientCertificate()
             return
@@ -452,6 +459,7 @@ class Connection:
             self._refuse(f"cannot mint a certificate for this origin: {e}")
             return
         self._go(S.HANDSHAKING_DEVICE)
+        self._phaseStarted = self.settings.clock.seconds()
         device = self._deviceSide = Side("device", self, alpn=alpn)
         self._device.handOver(deviceTLS(context, device))
 

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from etpmitm import metrics
 from etpmitm.addresses import unmap
 from etpmitm.admission import RateLimitedLog, refusal_kind
 from etpmitm.clienthello import ClientHelloParser, NeedMore
@@ -140,7 +141,9 @@ class IntakeFactory(Factory):
         return intake
 
     def _logRefusal(self, reason: str, now: float) -> None:
-        show, suppressed = self.refusals.check(refusal_kind(reason), now)
+        kind = refusal_kind(reason)
+        metrics.current.admissionRefused(kind)
+        show, suppressed = self.refusals.check(kind, now)
         if show:
             more = f" ({suppressed} more refused for the same kind of limit since the last line)" if suppressed else ""
             log.warn("refused a connection: {reason}{more}", reason=reason, more=more)

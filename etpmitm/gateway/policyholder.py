@@ -7,6 +7,7 @@ from pathlib import Path
 import attrs
 from twisted.logger import Logger
 
+from etpmitm import metrics
 from etpmitm.learning import LearnedBypass
 from etpmitm.policy import DEFAULT_POLICY, LearningSettings, Policy, PolicyError, load_policy
 
@@ -45,10 +46,13 @@ class PolicyHolder:
             policy = load_policy(self.path)
         except PolicyError as e:
             log.error("policy reload failed, keeping the previous policy: {error}", error=str(e))
+            metrics.current.policyReloaded(ok=False)
             return False
         if policy.learning != self.current.learning:
             self.learned = _learnedFor(policy.learning)
+            metrics.current.bypassesActive(0)
         self.current = policy
+        metrics.current.policyReloaded(ok=True)
         log.info(
             "policy reloaded from {path}: {count} rules, untrusted={untrusted}",
             path=str(self.path),
