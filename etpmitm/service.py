@@ -6,14 +6,17 @@ import math
 import os
 import re
 import resource
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, cast
 
 import attrs
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.error import CannotListenError
+from twisted.internet.threads import deferToThread
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
@@ -38,7 +41,11 @@ from etpmitm.keyfiles import KeyFileError, read_passphrase_file
 from etpmitm.learnedmessage import from_message, to_message
 from etpmitm.learning import Learned
 from etpmitm.limits import raise_nofile_limit
-from etpmitm.policy import PolicyError
+from etpmitm.policy import PolicyError, load_policy
+from etpmitm.threat.judge import ThreatLists
+from etpmitm.threat.keeper import ListKeeper
+from etpmitm.threat.lists import ListError
+from etpmitm.threat.store import MANIFEST, read_manifest
 from etpmitm.sharedports import AdoptedPorts, bindShared, tcpAddress, withBacklog
 from etpmitm.workers import MasterLink, WorkerPool
 
@@ -79,6 +86,8 @@ class Options(usage.Options):
         ["relay-buffer", None, RELAY_BUFFER, "Bytes buffered towards a side before its peer stops being read (a stalled reader holds about 4x this)", int],
         ["backlog", None, DEFAULT_BACKLOG, "Accept queue of each listening socket (capped by net.core.somaxconn)", int],
         ["audit-log", None, None, "Also write the audit events (per connection and per request) to this file as JSON lines; SIGUSR1 reopens it"],
+        ["list-interval", None, 5.0, "Seconds between checks of the threat list files for changes (0: only on SIGHUP)", float],
+        ["threat-manifest", None, None, "Internal: the threat list tables to map, built by the master (--workers)"],
     ]
 
     def __init__(self) -> None:
@@ -109,6 +118,8 @@ class Options(usage.Options):
             raise usage.UsageError("--relay-buffer must be from 16384 to 67108864 bytes")
         if self["leaf-key"] not in ("ecdsa", "rsa"):
             raise usage.UsageError("--leaf-key must be ecdsa or rsa")
+        if not 0 <= self["list-interval"] <= 86400:
+            raise usage.UsageError("--list-interval must be from 0 to 86400 seconds")
         if self["leaf-cache"] < 1:
             raise usage.UsageError("--leaf-cache must be at least 1")
         self["workers"] = _workerCount(self["workers"])
@@ -197,6 +208,8 @@ class GatewayService(MultiService):
         self.policy = policy
         self.master = master
         self.trimmer: Trimmer | None = None
+        self.hangupHooks: list[Callable[[], object]] = []
+        """Run after each SIGHUP's policy reload (the threat lists')."""
 
     def startService(self) -> None:
         super().startService()
@@ -208,11 +221,16 @@ class GatewayService(MultiService):
         self.trimmer.start()
 
         def onHangup(signum: int, frame: object) -> None:
-            reactor.callFromThread(self.policy.reload)  # type: ignore[attr-defined]
+            reactor.callFromThread(self._reload)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGHUP, onHangup)
         # A worker starts with SIGHUP blocked (etpmitm.workers): ready now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+    def _reload(self) -> None:
+        self.policy.reload()
+        for hook in self.hangupHooks:
+            hook()
 
     def stopService(self) -> Any:
         if self.trimmer is not None:
@@ -256,12 +274,21 @@ def makeService(options: Options) -> IService:
 
     _logDescriptorLimit(options, *raise_nofile_limit())
 
+    if options["worker-listen"]:
+        manifest = options["threat-manifest"]
+        keeper = None
+        if manifest is not None:
+            policy.lists = _mapLists(Path(manifest))
+    else:
+        keeper = _listKeeper(options, policy)
+
     if options["workers"] > 1 and not options["worker-listen"]:
-        return _withAuditLog(_master(options, descriptions, directory, ca, bundle), auditLog)
+        master = _master(options, descriptions, directory, ca, bundle, keeper)
+        return _withAuditLog(_withLists(master, keeper, policy, master), auditLog)
 
     link: MasterLink | None = None
     if options["worker-listen"]:
-        link = MasterLink(reactor, lambda message: _learnedByAnother(policy, message))
+        link = MasterLink(reactor, lambda message: _fromMaster(policy, options["threat-manifest"], message))
     settings = GatewaySettings(
         reactor=cast(IReactorTCP, reactor),
         clock=cast(IReactorTime, reactor),
@@ -279,6 +306,7 @@ def makeService(options: Options) -> IService:
     settings = attrs.evolve(settings, layerFor=inspectingLayer(settings))
     factory = IntakeFactory(settings)
     top = GatewayService(policy, link)
+    _withLists(top, keeper, policy, None)
     if link is not None:
         AdoptedPorts(cast(IReactorSocket, reactor), options["worker-listen"], factory).setServiceParent(top)
         log.info("etpmitm worker {pid} serving the master's sockets", pid=os.getpid())
@@ -367,6 +395,97 @@ def _shareLearned(link: MasterLink | None) -> Callable[[Learned], None]:
     return lambda learned: master.send(to_message(learned))
 
 
+def _listKeeper(options: Options, policy: PolicyHolder) -> ListKeeper | None:
+    """Build the policy's threat lists (a problem is a start-up error); None without lists."""
+    from twisted.internet import reactor
+
+    specs = policy.current.lists
+    if not specs:
+        return None
+    directory = Path(tempfile.mkdtemp(prefix="etpmitm-lists-", dir=os.environ.get("RUNTIME_DIRECTORY")))
+
+    def publish(lists: ThreatLists) -> None:
+        policy.lists = lists
+
+    keeper = ListKeeper(specs, directory, publish, cast(IReactorTime, reactor), options["list-interval"],
+                        run=lambda f: deferToThread(f))
+    try:
+        keeper.start()
+    except ListError as e:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise StartupError(str(e)) from None
+    return keeper
+
+
+def _withLists(top: MultiService, keeper: ListKeeper | None, policy: PolicyHolder,
+               master: MasterService | None) -> MultiService:
+    """Reload the lists on SIGHUP too, and remove their tables at the end."""
+    if keeper is None:
+        return top
+    ThreatListService(keeper, policy, master).setServiceParent(top)
+    if isinstance(top, GatewayService):
+        top.hangupHooks.append(lambda: keeper.reload(policy.current.lists))
+    return top
+
+
+class ThreatListService(Service):
+    """The list keeper's life: its timer, and its tables removed at the end.
+
+    With workers, the master rebuilds on SIGHUP (with the lists of the policy
+    file as it is then) and tells the workers to map the new tables.
+    """
+
+    def __init__(self, keeper: ListKeeper, policy: PolicyHolder, master: MasterService | None) -> None:
+        self.keeper = keeper
+        self._policy = policy
+        self._master = master
+
+    def startService(self) -> None:
+        super().startService()
+        if self._master is not None and self._master.pool is not None:
+            pool = self._master.pool
+            self.keeper.publish = lambda lists: pool.broadcast({"threat": "remap"})
+            pool.hangup = self._masterHangup
+
+    def _masterHangup(self) -> None:
+        specs = self.keeper.specs
+        if self._policy.path is not None:
+            try:
+                specs = load_policy(self._policy.path).lists
+            except PolicyError as e:
+                log.error("policy reload failed, keeping the previous threat lists: {error}", error=str(e))
+        self.keeper.reload(specs)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.keeper.stop()
+        shutil.rmtree(self.keeper.directory, ignore_errors=True)
+        return None
+
+
+def _mapLists(manifest: Path) -> ThreatLists:
+    """A worker maps the tables its master built (a problem is a start-up error)."""
+    try:
+        return read_manifest(manifest)
+    except (OSError, ValueError) as e:
+        raise StartupError(f"cannot map the threat lists named in {manifest}: {e}") from None
+
+
+def _fromMaster(policy: PolicyHolder, manifest: str | None, message: dict[str, Any]) -> None:
+    """A message from the master: new threat list tables, or a bypass another worker learned."""
+    if "threat" not in message:
+        _learnedByAnother(policy, message)
+        return
+    if manifest is None:
+        return
+    try:
+        policy.lists = read_manifest(Path(manifest))
+    except (OSError, ValueError) as e:
+        log.error("could not map the new threat lists, keeping the previous ones: {error}", error=str(e))
+        return
+    log.info("threat lists remapped: {names}", names=", ".join(t.name for t in policy.lists.lists) or "none")
+
+
 def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
     """A bypass another worker learned: apply it here too, for the same clients."""
     from twisted.internet import reactor
@@ -384,9 +503,12 @@ def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
 
 
 def _master(options: Options, descriptions: list[str], directory: Path, ca: CertificateAuthority,
-            bundle: Path) -> MasterService:
+            bundle: Path, keeper: ListKeeper | None = None) -> MasterService:
     """The master of ``--workers N``: binds the sockets, runs the workers."""
-    top = MasterService(descriptions, options["workers"], _workerOptions(options, directory))
+    workerOptions = _workerOptions(options, directory)
+    if keeper is not None:
+        workerOptions.append(f"--threat-manifest={keeper.directory / MANIFEST}")
+    top = MasterService(descriptions, options["workers"], workerOptions)
     _logStart(options, directory, ca, bundle)
     return top
 
