@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from etpmitm.audit import ConnectionRecord
 from etpmitm.blockpage import render_html
@@ -28,6 +28,7 @@ from etpmitm.threat.lists import ListError, parse_list
 from etpmitm.threat.store import read_manifest
 from etpmitm.threat.table import HashTable, build_table
 from tests.corelab import ORIGIN, CoreTestCase
+from tests import test_service
 
 ADDRESS = ipaddress.ip_address("192.0.2.10")
 CLIENT = ipaddress.ip_address("10.0.0.2")
@@ -372,3 +373,31 @@ class GatewayTests(CoreTestCase):
         self.connectDevice(sni="fine.test")
         self.assertIs(self.connection.state, State.CONNECTING_ORIGIN)
         self.assertIsNone(self.connection.record.category)
+
+
+class ListStartupTests(TestCase):
+    """A list that cannot be loaded ends ``twistd etpmitm`` start-up with one line."""
+
+    setUp = test_service.StartupTests.setUp
+    twistd = test_service.StartupTests.twistd
+    ca = test_service.StartupTests.ca
+    assertOneLineError = test_service.StartupTests.assertOneLineError
+
+    def policyFor(self, listFile: Path) -> Path:
+        policy = self.work / "policy.toml"
+        policy.write_text(f'[[list]]\nname = "malware"\nfile = "{listFile}"\naction = "block"\n')
+        return policy
+
+    def test_missingListFile(self) -> None:
+        directory = self.ca()
+        missing = self.work / "missing.txt"
+        for workers in ("1", "2"):
+            done = self.twistd("--ca-dir", str(directory), "--workers", workers, "--policy", str(self.policyFor(missing)))
+            self.assertOneLineError(done, f"{missing}: cannot read threat list 'malware': No such file or directory")
+
+    def test_badLineInAListFile(self) -> None:
+        directory = self.ca()
+        bad = self.work / "bad.txt"
+        bad.write_text("evil.example\n# fine\nnot a line\n")
+        done = self.twistd("--ca-dir", str(directory), "--policy", str(self.policyFor(bad)))
+        self.assertOneLineError(done, f"{bad}:3: ", "a hosts-file line starts with an address")
