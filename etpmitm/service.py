@@ -396,12 +396,15 @@ def _shareLearned(link: MasterLink | None) -> Callable[[Learned], None]:
 
 
 def _listKeeper(options: Options, policy: PolicyHolder) -> ListKeeper | None:
-    """Build the policy's threat lists (a problem is a start-up error); None without lists."""
+    """Build the policy's threat lists (a problem is a start-up error); None without a policy file.
+
+    With a policy file the keeper runs even with no ``[[list]]``: a SIGHUP may add some.
+    """
     from twisted.internet import reactor
 
     specs = policy.current.lists
-    if not specs:
-        return None
+    if policy.path is None:
+        return None  # the built-in policy has no lists, and no file to add them to
     directory = Path(tempfile.mkdtemp(prefix="etpmitm-lists-", dir=os.environ.get("RUNTIME_DIRECTORY")))
 
     def publish(lists: ThreatLists) -> None:

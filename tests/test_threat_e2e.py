@@ -181,3 +181,38 @@ class ThreatListEndToEndTests(TestCase):
         self.assertIn(f"{self.listed}:3: ", line)
         self.assertIn("a hosts-file line starts with an address", line)
         self.assertEqual(self.get("https://evil.test/")[0], "403")  # the old list is in force
+
+
+def build_single_lab() -> GatewayLab:
+    env = GatewayLab(dports=[443])
+    try:
+        cert, key = env.public.issue(["origin.test", "*.origin.test"], [ORIGIN])
+        env.origin(443, [cert, env.public.intermediate], key)
+        env.policy.write_text("# no lists yet\n")
+        env.start_gateway("--policy", str(env.policy), "--list-interval", "1")
+    except BaseException:
+        env.close()
+        raise
+    return env
+
+
+class OneProcessTests(TestCase):
+    """Without workers the gateway builds and maps the tables itself; SIGHUP can add a list."""
+
+    skip = lab_unavailable()
+
+    def test_aListAddedBySIGHUPThenChangedOnDisk(self) -> None:
+        env = shared_lab(f"{__name__}.single", build_single_lab)
+        resolve = ["--resolve", f"sub.origin.test:443:{ORIGIN}", "-o", "/dev/null", "-w", "%{http_code}"]
+        self.assertEqual(env.curl(*resolve, "https://sub.origin.test/").stdout, "200")
+        listed = env.lab.workdir / "phishing.txt"
+        listed.write_text("other.test\n")
+        env.set_policy(f'[[list]]\nname = "phishing"\nfile = "{listed}"\naction = "block"\n',
+                       expect="threat list 'phishing' (block)")
+        self.assertEqual(env.curl(*resolve, "https://sub.origin.test/").stdout, "200")
+        listed.write_text("other.test\norigin.test\n")
+        env.wait_for_log("threat list 'phishing' (block)", count=2)
+        done = env.curl("--resolve", f"sub.origin.test:443:{ORIGIN}", "https://sub.origin.test/")
+        self.assertIn("<dt>Category</dt><dd>phishing</dd>", done.stdout)
+        line = env.wait_for_log("sni=sub.origin.test action=block")
+        self.assertIn("category=phishing id=", line)

@@ -165,7 +165,7 @@ class ListKeeper:
         self._kept = current
 
     def _schedule(self) -> None:
-        if self._interval > 0 and self.specs:
+        if self._interval > 0:
             self._timer = self._clock.callLater(self._interval, self._tick)
 
     def _tick(self) -> None:
