@@ -24,7 +24,7 @@ from etpmitm.policy import parse_policy
 from etpmitm.policy.listspec import ListSpec
 from etpmitm.threat.judge import ThreatList, ThreatLists, decide_connection, decide_request, needs_names
 from etpmitm.threat.keeper import ListKeeper
-from etpmitm.threat.lists import ListError, parse_list
+from etpmitm.threat.lists import ListError, parse_list, read_entries
 from etpmitm.threat.store import read_manifest
 from etpmitm.threat.table import HashTable, build_table
 from tests.corelab import ORIGIN, CoreTestCase
@@ -86,6 +86,30 @@ class FormatTests(SynchronousTestCase):
             self.assertEqual((caught.exception.source, caught.exception.line), ("f.txt", line), text)
             self.assertIn(problem, str(caught.exception))
             self.assertTrue(str(caught.exception).startswith(f"f.txt:{line}: "))
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.sampled_from([
+        "a.example", "b.example.", "0.0.0.0 c.example", "127.0.0.1 d.example", "", "# note", "localhost",
+        "http://e.example/p", "*.f.example", "G.Example", "0.0.0.0 0.0.0.0",
+    ]), max_size=40), st.integers(1, 64))
+    def test_blocksOfAnySizeReadTheSame(self, lines: list[str], size: int) -> None:
+        """The fast path (whole blocks of plain names) and the per-line path agree."""
+        data = "".join(f"{line}\n" for line in lines).encode()
+        whole = parse_list(data, "f.txt")
+        domains: list[bytes] = []
+        urls: list[bytes] = []
+        skipped = read_entries([data[i:i + size] for i in range(0, len(data), size)], "f.txt", domains, urls)
+        self.assertEqual((domains, urls, skipped), (whole.domains, whole.urls, whole.skipped))
+        one_by_one = [parse_list(f"{line}\n".encode(), "f.txt") for line in lines]
+        self.assertEqual(whole.domains, [d for p in one_by_one for d in p.domains])
+        self.assertEqual(whole.skipped, sum(p.skipped for p in one_by_one))
+
+    def test_lineNumbersCountAcrossBlocks(self) -> None:
+        data = b"".join(b"n%d.example\n" % i for i in range(5000)) + b"bad name here\n"
+        blocks = [data[i:i + 4096] for i in range(0, len(data), 4096)]
+        with self.assertRaises(ListError) as caught:
+            read_entries(blocks, "f.txt", [], [])
+        self.assertEqual(caught.exception.line, 5001)
 
     def test_emptyAndCommentOnlyFilesAreEmptyLists(self) -> None:
         self.assertEqual(self.parse("# nothing\n\n"), ([], [], 0))

@@ -16,8 +16,8 @@ at ``/`` boundaries (``/bad`` covers ``/bad`` and ``/bad/x``, not ``/badx``);
 its scheme, port, query and fragment are ignored.  A URL without a path
 (``http://evil.example/``) is a domain entry.
 
-Hosts-file boilerplate (``localhost``, ``broadcasthost``, ``0.0.0.0`` as a
-name, ...) is skipped and counted.  Any other line that is not one of these
+Hosts-file boilerplate names (``localhost``, ``broadcasthost``, ``0.0.0.0``
+as a name, ...) are skipped wherever they appear, and counted.  Any other line that is not one of these
 forms fails the whole file with :class:`ListError` (``FILE:LINE: problem``):
 a list is a security control, and a line that cannot be read may be a
 truncated or damaged download, so it is refused rather than partly applied
@@ -26,16 +26,19 @@ truncated or damaged download, so it is refused rather than partly applied
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from ipaddress import ip_address
+from typing import Protocol
 
 import attrs
 
 from etpmitm.names import a_labels
 from etpmitm.policy.urls import normalise_path
 
-__all__ = ["ListError", "ParsedList", "parse_list", "url_key"]
+__all__ = ["ListError", "ParsedList", "Sink", "parse_list", "read_entries", "url_key"]
 
 _NAME_BYTES = b"abcdefghijklmnopqrstuvwxyz0123456789-_."
+_BLOCK_BYTES = _NAME_BYTES + b"\n"
 _BOILERPLATE = frozenset({
     b"localhost", b"localhost.localdomain", b"local", b"broadcasthost", b"ip6-localhost",
     b"ip6-loopback", b"ip6-localnet", b"ip6-mcastprefix", b"ip6-allnodes", b"ip6-allrouters",
@@ -58,6 +61,14 @@ class ListError(Exception):
         return " ".join(f"{where}: {self.problem}".splitlines())
 
 
+class Sink(Protocol):
+    """Where entries go: a list, or a hasher that keeps only their hashes."""
+
+    def append(self, entry: bytes, /) -> None: ...
+
+    def extend(self, entries: list[bytes], /) -> None: ...
+
+
 @attrs.define
 class ParsedList:
     """What one file lists: domain names and ``host/path`` URL keys, as bytes."""
@@ -68,6 +79,13 @@ class ParsedList:
     """Hosts-file boilerplate lines skipped."""
 
 
+@attrs.define
+class _Out:
+    domains: Sink
+    urls: Sink
+    skipped: int = 0
+
+
 class _Bad(Exception):
     """A bad entry; the caller adds the file and line."""
 
@@ -75,14 +93,51 @@ class _Bad(Exception):
 def parse_list(data: bytes, source: str) -> ParsedList:
     """Every entry in *data* (a list file); raises :class:`ListError` at the first bad line."""
     out = ParsedList()
-    domains, urls = out.domains, out.urls
+    out.skipped = read_entries([data], source, out.domains, out.urls)
+    return out
+
+
+def read_entries(blocks: Iterable[bytes], source: str, domains: Sink, urls: Sink) -> int:
+    """Send every entry of a list file, read in *blocks* of any size, to *domains* or *urls*.
+
+    Returns how many hosts-file boilerplate names were skipped; raises
+    :class:`ListError` at the first bad line.
+    """
+    out = _Out(domains, urls)
+    number, rest = 0, b""
+    for block in blocks:
+        block = rest + block
+        cut = block.rfind(b"\n") + 1
+        rest = block[cut:]
+        number = _block(block[:cut], number, source, out)
+    if rest:
+        _block(rest + b"\n", number, source, out)
+    return out.skipped
+
+
+def _block(block: bytes, number: int, source: str, out: _Out) -> int:
+    """The whole lines in *block*, after *number* lines; returns the line count."""
+    names = block
+    if block.startswith(_HOSTS_PREFIXES):  # hosts-file lines: drop the usual addresses
+        names = (b"\n" + block).replace(b"\n0.0.0.0 ", b"\n").replace(b"\n127.0.0.1 ", b"\n")[1:]
+    lines = names.split(b"\n")
+    lines.pop()  # after the last newline
+    if (lines and not names.translate(None, _BLOCK_BYTES) and b".." not in names and b"\n." not in names
+            and b".\n" not in names and not names.startswith(b".") and max(map(len, lines)) <= MAX_NAME):
+        # The fast path: only plain lower-case names (and blank lines), as most of a big feed is.
+        kept = [line for line in lines if line and line not in _BOILERPLATE]
+        out.skipped += len(lines) - lines.count(b"") - len(kept)
+        out.domains.extend(kept)
+        return number + len(lines)
+    lines = block.split(b"\n")
+    lines.pop()
+    domains = out.domains
     translate = bytes.translate
-    for number, raw in enumerate(data.split(b"\n"), 1):
+    for number, raw in enumerate(lines, number + 1):
         line = raw.strip()
         if not line or line[0] == 0x23:  # "#"
             continue
-        # The fast path: a plain lower-case domain, alone or after a hosts-file
-        # address, as most of a big feed is.
+        # A plain lower-case domain, alone or after a hosts-file address.
         name = line
         if line.startswith(_HOSTS_PREFIXES):
             name = line.partition(b" ")[2].lstrip()
@@ -94,10 +149,10 @@ def parse_list(data: bytes, source: str) -> ParsedList:
             _entry(line, out)
         except _Bad as e:
             raise ListError(source, number, str(e)) from None
-    return out
+    return number
 
 
-def _entry(line: bytes, out: ParsedList) -> None:
+def _entry(line: bytes, out: _Out) -> None:
     tokens = line.split()
     for i, token in enumerate(tokens):
         if token.startswith(b"#"):
@@ -112,11 +167,13 @@ def _entry(line: bytes, out: ParsedList) -> None:
     lower = token.lower()
     if b"/" in token or b"://" in lower:
         _url(token, out)
+    elif token.lower() in _BOILERPLATE:
+        out.skipped += 1
     else:
         out.domains.append(domain(token))
 
 
-def _hosts_line(tokens: list[bytes], out: ParsedList) -> None:
+def _hosts_line(tokens: list[bytes], out: _Out) -> None:
     try:
         ip_address(tokens[0].decode("ascii").partition("%")[0])
     except (UnicodeDecodeError, ValueError):
@@ -154,7 +211,7 @@ def domain(token: bytes) -> bytes:
     return name
 
 
-def _url(token: bytes, out: ParsedList) -> None:
+def _url(token: bytes, out: _Out) -> None:
     text = token
     lower = text.lower()
     if b"://" in lower:

@@ -18,8 +18,8 @@ import attrs
 
 from etpmitm.policy.listspec import LIST_ACTIONS, ListSpec
 from etpmitm.threat.judge import ThreatList, ThreatLists
-from etpmitm.threat.lists import ListError, parse_list
-from etpmitm.threat.table import HashTable, build_table, write_table
+from etpmitm.threat.lists import ListError, read_entries
+from etpmitm.threat.table import Hashes, HashTable, new_key, write_table
 
 __all__ = ["Built", "MANIFEST", "build", "read_manifest", "stamp", "write_manifest"]
 
@@ -59,20 +59,22 @@ def build(spec: ListSpec, directory: Path, serial: int) -> Built:
     """
     started = time.monotonic()
     source = str(spec.file)
+    key = new_key()
+    names, urls = Hashes(key), Hashes(key)
     try:
         before = stamp(spec.file)
-        data = spec.file.read_bytes()
+        with open(spec.file, "rb") as f:
+            skipped = read_entries(iter(lambda: f.read(1 << 20), b""), source, names, urls)
     except OSError as e:
         raise ListError(source, None, f"cannot read threat list {spec.name!r}: {e.strerror or e}") from None
-    parsed = parse_list(data, source)
     path = directory / f"{serial}.table"
     try:
-        write_table(path, build_table(parsed.domains, parsed.urls))
+        write_table(path, key, names.sorted(), urls.sorted())
         table = HashTable.open(path)
     except (OSError, ValueError) as e:
         raise ListError(source, None, f"cannot write its table {path}: {e}") from None
     loaded = ThreatList(spec.name, spec.action, table, source)
-    return Built(spec, before, path, loaded, table.domains, table.urls, parsed.skipped,
+    return Built(spec, before, path, loaded, table.domains, table.urls, skipped,
                  time.monotonic() - started)
 
 

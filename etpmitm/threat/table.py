@@ -27,7 +27,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["HashTable", "build_table", "write_table"]
+__all__ = ["HashTable", "Hashes", "build_table", "new_key", "write_table"]
 
 MAGIC = b"ETPMTL01"
 _HEADER = struct.Struct("<8s16sQQ")
@@ -35,33 +35,60 @@ HEADER_SIZE = 64
 _blake2b = hashlib.blake2b
 
 
-def _sorted_array(key: bytes, items: Iterable[bytes]) -> bytes:
-    """The items' hashes, sorted, as native 64-bit integers."""
-    digests = [_blake2b(item, digest_size=8, key=key).digest() for item in items]
-    digests.sort()  # big-endian digests sort as their integers do
-    words = array("Q")
-    words.frombytes(b"".join(digests))
-    if sys.byteorder == "little":
-        words.byteswap()
-    return words.tobytes()
+class Hashes:
+    """A sink for :func:`etpmitm.threat.lists.read_entries` that keeps only 8 bytes per entry."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._data = bytearray()
+
+    def append(self, entry: bytes, /) -> None:
+        self._data += _blake2b(entry, digest_size=8, key=self._key).digest()
+
+    def extend(self, entries: list[bytes], /) -> None:
+        key = self._key
+        self._data += b"".join([_blake2b(entry, digest_size=8, key=key).digest() for entry in entries])
+
+    def sorted(self) -> array[int]:
+        """The hashes as sorted native 64-bit integers (this sink is emptied)."""
+        words = array("Q")
+        words.frombytes(self._data)
+        self._data = bytearray()
+        values = words.tolist()
+        del words
+        values.sort()
+        return array("Q", values)
+
+
+def new_key() -> bytes:
+    return os.urandom(16)
+
+
+def _header(key: bytes, domains: array[int], urls: array[int]) -> bytes:
+    return _HEADER.pack(MAGIC, key, len(domains), len(urls)).ljust(HEADER_SIZE, b"\0")
 
 
 def build_table(domains: Iterable[bytes], urls: Iterable[bytes] = (), key: bytes | None = None) -> bytes:
-    """The table file's bytes for these entries."""
-    key = os.urandom(16) if key is None else key
-    names = _sorted_array(key, domains)
-    paths = _sorted_array(key, urls)
-    header = _HEADER.pack(MAGIC, key, len(names) // 8, len(paths) // 8).ljust(HEADER_SIZE, b"\0")
-    return header + names + paths
+    """The table file's bytes for these entries (for tests and small lists)."""
+    key = new_key() if key is None else key
+    names, paths = Hashes(key), Hashes(key)
+    for name in domains:
+        names.append(name)
+    for path in urls:
+        paths.append(path)
+    words, more = names.sorted(), paths.sorted()
+    return _header(key, words, more) + words.tobytes() + more.tobytes()
 
 
-def write_table(path: Path, table: bytes) -> None:
-    """Write *table* to *path* atomically (a temporary file renamed), mode 0600."""
+def write_table(path: Path, key: bytes, domains: array[int], urls: array[int]) -> None:
+    """Write a table file atomically (a temporary file renamed), mode 0600."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(table)
+            f.write(_header(key, domains, urls))
+            domains.tofile(f)
+            urls.tofile(f)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -101,7 +128,7 @@ class HashTable:
         return len(self._urls)
 
     def _hash(self, data: bytes) -> int:
-        return int.from_bytes(_blake2b(data, digest_size=8, key=self._key).digest(), "big")
+        return int.from_bytes(_blake2b(data, digest_size=8, key=self._key).digest(), sys.byteorder)
 
     @staticmethod
     def _has(words: memoryview, value: int) -> bool:
