@@ -46,13 +46,13 @@ from pathlib import Path
 from etpmitm.policy.listspec import ListSpec
 from etpmitm.threat.store import build, write_manifest
 source, directory = Path(sys.argv[1]), Path(sys.argv[2])
-started = time.monotonic()
+started, cpu = time.monotonic(), time.process_time()
 built = build(ListSpec("bench", source, "block"), directory, 1)
 seconds = time.monotonic() - started
 import gc; gc.collect()
 rss_after = int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1])
 write_manifest(directory, [built])
-print(json.dumps({"seconds": seconds, "cpu_seconds": time.process_time(), "domains": built.domains, "rss_after_kib": rss_after,
+print(json.dumps({"seconds": seconds, "cpu_seconds": time.process_time() - cpu, "domains": built.domains, "rss_after_kib": rss_after,
                   "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 
@@ -154,6 +154,7 @@ def lab(names: int, quick: bool, workers: str, work: Path) -> dict[str, Any]:
 
         result["rss_before_kib"] = worker_rss()
         without = rate("without a list")
+        result["rss_after_load_without_list_kib"] = worker_rss()
         policy = policy_file[0]
         policy.write_text(policy.read_text() + f'\n[[list]]\nname = "bench"\nfile = "{source}"\naction = "block"\n')
         log_before = b.env.log().count("threat list 'bench' (block)")

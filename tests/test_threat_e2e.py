@@ -148,6 +148,15 @@ class ThreatListEndToEndTests(TestCase):
         other = self.audit(lambda e: e.get("head", {}).get("path") == "/blocked/pathx")
         self.assertEqual((other["action"], other["category"]), ("allow", None))
 
+    def test_aListedURLOverHTTP2(self) -> None:
+        done = self.env.curl("--http2", "--resolve", f"origin.test:443:{ORIGIN}", "-w", "%{http_code} %{http_version}\\n",
+                             "-o", "/dev/null", "-o", "/dev/null",
+                             "https://origin.test/blocked/path", "https://origin.test/")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.split(), ["403", "2", "200", "2"])
+        event = self.audit(lambda e: e.get("protocol") == "h2" and e.get("head", {}).get("path") == "/blocked/path")
+        self.assertEqual((event["action"], event["category"], event["status"]), ("block", "malware", 403))
+
     def test_reloadsSwapTheListUnderLoad(self) -> None:
         stop, started = self.env.lab.workdir / "loop.stop", self.env.lab.workdir / "loop.started"
         stop.unlink(missing_ok=True)
