@@ -181,6 +181,13 @@ class ConnectionOrderTests(SynchronousTestCase):
         d = self.decide("", lists(("audit", "intercept", "evil.example"), ("banks", "bypass", "evil.example")))
         self.assertEqual((d.action, d.category), ("intercept", "audit"))
 
+    def test_anECHModeIsNotOverriddenByAnAuditList(self) -> None:
+        policy = parse_policy('[traffic]\nech = "bypass"\n')
+        threat = lists(("audit", "intercept", "evil.example"))
+        d = decide_connection(policy, threat, sni="evil.example", destination=ADDRESS, port=443, client=CLIENT, ech=True)
+        self.assertEqual((d.action, d.category), ("bypass", "audit"))
+        self.assertFalse(needs_names(policy, threat, sni=None, destination=ADDRESS, port=443, client=CLIENT, ech=True))
+
     def test_unlistedNamesAreDecidedByThePolicyAlone(self) -> None:
         d = self.decide("", lists(("malware", "block", "evil.example")), sni="good.example")
         self.assertEqual((d.action, d.category, d.reason), ("intercept", None, "no rule matched"))

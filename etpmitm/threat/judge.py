@@ -31,7 +31,7 @@ import attrs
 
 from etpmitm.addresses import IPAddress, unmap
 from etpmitm.http import RequestHead, RequestVerdict
-from etpmitm.policy.decide import Decision, Policy
+from etpmitm.policy.decide import _NO_MATCH, Decision, Policy
 from etpmitm.policy.listspec import ListAction
 from etpmitm.policy.patterns import normalise_name
 from etpmitm.policy.request import _target
@@ -137,7 +137,7 @@ def decide_connection(
     hit = lists.first(("bypass", "intercept"), subjects)
     if hit is None:
         return decision
-    if decision.rule is not None or decision.reason.startswith("encrypted_client_hello"):
+    if decision != _NO_MATCH:  # a rule, or an ECH mode, decided
         return attrs.evolve(decision, category=hit.list.name)
     return Decision("bypass" if hit.list.action == "bypass" else "intercept", None, hit.reason(), hit.list.name)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -174,8 +175,6 @@ class ListKeeper:
 
 
 def _restamped(built: Built, now: tuple[int, int, int]) -> Built:
-    import attrs
-
     return attrs.evolve(built, stamp=now)
 
 

@@ -170,13 +170,3 @@ class HashTable:
             if end < 0:
                 return None
             end = raw.find(b"/", end + 1)
-
-    def close(self) -> None:
-        """Unmap (a no-op over bytes); for tests and tidy shutdowns."""
-        self._domains.release()
-        self._urls.release()
-        if isinstance(self._buffer, mmap.mmap):
-            try:
-                self._buffer.close()
-            except BufferError:
-                pass
