@@ -15,10 +15,16 @@ In process (no root):
 * **look-up**: microseconds per name (4 labels, unlisted: the worst case,
   every suffix is probed; and listed).
 
+Also in process: the connection decision's cost (µs) with and without the
+list.
+
 In the namespace lab (bench.py's: nginx origin, the gateway with
-``--workers``): new TLS connections/s (wrk, ``Connection: close``) with the
-policy's ``[[list]]`` absent, then present (the list added by SIGHUP, as an
-operator would), in one run, and each worker's RSS before and after.
+``--workers``): new TLS connections/s (wrk, ``Connection: close``, to a name
+that is not listed) with the policy's ``[[list]]`` absent and present,
+alternating round by round in one gateway run (the list added and removed by
+SIGHUP, as an operator would), the time from SIGHUP to the list in force in
+every worker, and each worker's RSS before, with the list mapped, and at the
+end.
 """
 
 from __future__ import annotations
@@ -71,14 +77,26 @@ if mode == "table":
     lists = read_manifest(path)
     table = lists.lists[0].table
     mapped = rss()
-    started = time.perf_counter()
+    started = time.process_time()
     hits = sum(table.domain(n) is not None for n in probe)
-    unlisted = (time.perf_counter() - started) / len(probe) * 1e6
-    started = time.perf_counter()
+    unlisted = (time.process_time() - started) / len(probe) * 1e6
+    started = time.process_time()
     found = sum(table.domain(n) is not None for n in listed)
-    direct = (time.perf_counter() - started) / len(listed) * 1e6
+    direct = (time.process_time() - started) / len(listed) * 1e6
     assert found == len(listed), found
-    print(json.dumps({"rss_mapped_kib": mapped - before, "rss_after_lookups_kib": rss() - before,
+    import ipaddress
+    from etpmitm.policy import parse_policy
+    from etpmitm.threat.judge import ThreatLists, decide_connection
+    policy = parse_policy("")
+    address = ipaddress.ip_address("192.0.2.1")
+    decisions = {}
+    for label, threat in (("without", ThreatLists()), ("with", lists)):
+        started = time.process_time()
+        for n in probe[:20000]:
+            decide_connection(policy, threat, sni=n, destination=address, port=443, client=address)
+        decisions[label] = (time.process_time() - started) / 20000 * 1e6
+    print(json.dumps({"decision_without_list_us": decisions["without"], "decision_with_list_us": decisions["with"],
+                      "rss_mapped_kib": mapped - before, "rss_after_lookups_kib": rss() - before,
                       "lookup_subdomain_us": unlisted, "lookup_listed_us": direct, "labels": 4}))
 else:
     names_set = set(l.strip() for l in open(path) if l.strip() and not l.startswith("#"))
@@ -122,6 +140,7 @@ def in_process(names: int, work: Path) -> dict[str, Any]:
 
 
 def lab(names: int, quick: bool, workers: str, work: Path) -> dict[str, Any]:
+    """New connections/s with and without the list, alternating, in one gateway run."""
     import bench as gatewaybench
 
     settings = replace(gatewaybench.Settings.quick() if quick else gatewaybench.Settings(), workers=workers)
@@ -141,42 +160,54 @@ def lab(names: int, quick: bool, workers: str, work: Path) -> dict[str, Any]:
 
     gatewaybench.bench_policy = with_policy
     with gatewaybench.bench_lab(settings) as b:
+        policy = policy_file[0]
+        plain = policy.read_text()
+        listed = plain + f'\n[[list]]\nname = "bench"\nfile = "{source}"\naction = "block"\n'
+        processes = int(workers) if workers.isdigit() else len(gatewaybench.with_children(b.gateway.pid)) - 1
+        swaps: list[float] = []
+
         def worker_rss() -> list[int]:
             pids = gatewaybench.with_children(b.gateway.pid)
             return [gatewaybench.rss_kib(p) for p in pids if p != b.gateway.pid] or [gatewaybench.rss_kib(b.gateway.pid)]
 
-        def rate(label: str) -> list[float]:
-            samples = []
-            for _ in range(settings.rounds):
-                samples.append(gatewaybench.wrk(b, b.proxied, settings, "Connection: close").rate)
-                print(f"  new connections {label}: {samples[-1]:.1f}/s", flush=True)
-            return samples
+        def use(text: str) -> None:
+            """The policy (with or without the list) in force, by SIGHUP."""
+            expected = "threat lists remapped" if processes > 1 else "threat list"
+            count = b.env.log().count(expected)
+            policy.write_text(text)
+            started = time.monotonic()
+            os.kill(b.gateway.pid, 1)
+            wanted = count + (processes if processes > 1 else (1 if text is listed else 0))
+            if wanted > count:
+                b.env.wait_for_log(expected, timeout=180, count=wanted)
+            else:
+                b.env.wait_for_log("policy reloaded", timeout=60, count=b.env.log().count("policy reloaded") + 1)
+            swaps.append(time.monotonic() - started)
 
+        samples: dict[str, list[float]] = {"without": [], "with": []}
         result["rss_before_kib"] = worker_rss()
-        without = rate("without a list")
-        result["rss_after_load_without_list_kib"] = worker_rss()
-        policy = policy_file[0]
-        policy.write_text(policy.read_text() + f'\n[[list]]\nname = "bench"\nfile = "{source}"\naction = "block"\n')
-        log_before = b.env.log().count("threat list 'bench' (block)")
-        expected = "threat lists remapped" if workers != "1" else "threat list 'bench' (block)"
-        count = b.env.log().count(expected)
-        started = time.monotonic()
-        os.kill(b.gateway.pid, 1)
-        b.env.wait_for_log(expected, timeout=120, count=count + (int(workers) if workers.isdigit() and workers != "1" else 1))
-        result["sighup_to_in_force_seconds"] = round(time.monotonic() - started, 2)
-        line = b.env.wait_for_log("threat list 'bench' (block)", count=log_before + 1)
-        result["gateway_log"] = line.split("threat list", 1)[1]
-        result["rss_listed_kib"] = worker_rss()
-        # A listed name is refused, so the load measures the list's cost on names that pass.
-        with_list = rate("with the list")
-        result["rss_after_load_kib"] = worker_rss()
+        state = "without"
+        for round_ in range(settings.rounds):
+            for which in (("without", "with") if round_ % 2 == 0 else ("with", "without")):
+                if which != state:
+                    use(listed if which == "with" else plain)
+                    state = which
+                    if which == "with":
+                        result.setdefault("rss_list_mapped_kib", worker_rss())
+                samples[which].append(gatewaybench.wrk(b, b.proxied, settings, "Connection: close").rate)
+                print(f"  new connections {which} the list: {samples[which][-1]:.1f}/s", flush=True)
+        result["rss_end_kib"] = worker_rss()
+        if state != "with":
+            use(listed)
         blocked = b.client.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", str(b.env.root),
                                 "--resolve", f"bad123.example:443:{gatewaybench.ORIGIN_IP}", "https://bad123.example/"],
                                check=False, timeout=60).stdout
         result["listed_name_status"] = blocked
-    result["new_connections_without"] = round(statistics.median(without), 1)
-    result["new_connections_with"] = round(statistics.median(with_list), 1)
-    result["samples"] = {"without": without, "with": with_list}
+        result["gateway_log"] = b.env.wait_for_log("threat list 'bench' (block)").split("threat list", 1)[1]
+        result["sighup_to_in_force_seconds"] = [round(x, 2) for x in swaps]
+    result["new_connections_without"] = round(statistics.median(samples["without"]), 1)
+    result["new_connections_with"] = round(statistics.median(samples["with"]), 1)
+    result["samples"] = samples
     return result
 
 
