@@ -6,17 +6,14 @@ import math
 import os
 import re
 import resource
-import shutil
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, cast
 
 import attrs
 from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
-from twisted.internet.threads import deferToThread
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python import usage
@@ -41,11 +38,11 @@ from etpmitm.keyfiles import KeyFileError, read_passphrase_file
 from etpmitm.learnedmessage import from_message, to_message
 from etpmitm.learning import Learned
 from etpmitm.limits import raise_nofile_limit
-from etpmitm.policy import PolicyError, load_policy
+from etpmitm.policy import PolicyError
 from etpmitm.threat.judge import ThreatLists
 from etpmitm.threat.keeper import ListKeeper
 from etpmitm.threat.lists import ListError
-from etpmitm.threat.store import MANIFEST, read_manifest
+from etpmitm.threat.service import MANIFEST, ThreatListService, listKeeper, mapLists, remap
 from etpmitm.sharedports import AdoptedPorts, bindShared, tcpAddress, withBacklog
 from etpmitm.workers import MasterLink, WorkerPool
 
@@ -396,97 +393,34 @@ def _shareLearned(link: MasterLink | None) -> Callable[[Learned], None]:
 
 
 def _listKeeper(options: Options, policy: PolicyHolder) -> ListKeeper | None:
-    """Build the policy's threat lists (a problem is a start-up error); None without a policy file.
-
-    With a policy file the keeper runs even with no ``[[list]]``: a SIGHUP may add some.
-    """
-    from twisted.internet import reactor
-
-    specs = policy.current.lists
-    if policy.path is None:
-        return None  # the built-in policy has no lists, and no file to add them to
-    directory = Path(tempfile.mkdtemp(prefix="etpmitm-lists-", dir=os.environ.get("RUNTIME_DIRECTORY")))
-
-    def publish(lists: ThreatLists) -> None:
-        policy.lists = lists
-
-    keeper = ListKeeper(specs, directory, publish, cast(IReactorTime, reactor), options["list-interval"],
-                        run=lambda f: deferToThread(f))
+    """The threat lists, built now (a problem is a start-up error); see etpmitm.threat.service."""
     try:
-        keeper.start()
+        return listKeeper(policy, options["list-interval"])
     except ListError as e:
-        shutil.rmtree(directory, ignore_errors=True)
         raise StartupError(str(e)) from None
-    return keeper
 
 
 def _withLists(top: MultiService, keeper: ListKeeper | None, policy: PolicyHolder,
                master: MasterService | None) -> MultiService:
     """Reload the lists on SIGHUP too, and remove their tables at the end."""
-    if keeper is None:
-        return top
-    ThreatListService(keeper, policy, master).setServiceParent(top)
-    if isinstance(top, GatewayService):
-        top.hangupHooks.append(lambda: keeper.reload(policy.current.lists))
+    if keeper is not None:
+        ThreatListService(keeper, policy, lambda: None if master is None else master.pool).setServiceParent(top)
+        if isinstance(top, GatewayService):
+            top.hangupHooks.append(lambda: keeper.reload(policy.current.lists))
     return top
 
 
-class ThreatListService(Service):
-    """The list keeper's life: its timer, and its tables removed at the end.
-
-    With workers, the master rebuilds on SIGHUP (with the lists of the policy
-    file as it is then) and tells the workers to map the new tables.
-    """
-
-    def __init__(self, keeper: ListKeeper, policy: PolicyHolder, master: MasterService | None) -> None:
-        self.keeper = keeper
-        self._policy = policy
-        self._master = master
-
-    def startService(self) -> None:
-        super().startService()
-        if self._master is not None and self._master.pool is not None:
-            pool = self._master.pool
-            self.keeper.publish = lambda lists: pool.broadcast({"threat": "remap"})
-            pool.hangup = self._masterHangup
-
-    def _masterHangup(self) -> None:
-        specs = self.keeper.specs
-        if self._policy.path is not None:
-            try:
-                specs = load_policy(self._policy.path).lists
-            except PolicyError as e:
-                log.error("policy reload failed, keeping the previous threat lists: {error}", error=str(e))
-        self.keeper.reload(specs)
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self.keeper.stop()
-        shutil.rmtree(self.keeper.directory, ignore_errors=True)
-        return None
-
-
 def _mapLists(manifest: Path) -> ThreatLists:
-    """A worker maps the tables its master built (a problem is a start-up error)."""
     try:
-        return read_manifest(manifest)
+        return mapLists(manifest)
     except (OSError, ValueError) as e:
         raise StartupError(f"cannot map the threat lists named in {manifest}: {e}") from None
 
 
 def _fromMaster(policy: PolicyHolder, manifest: str | None, message: dict[str, Any]) -> None:
     """A message from the master: new threat list tables, or a bypass another worker learned."""
-    if "threat" not in message:
+    if not remap(policy, manifest, message):
         _learnedByAnother(policy, message)
-        return
-    if manifest is None:
-        return
-    try:
-        policy.lists = read_manifest(Path(manifest))
-    except (OSError, ValueError) as e:
-        log.error("could not map the new threat lists, keeping the previous ones: {error}", error=str(e))
-        return
-    log.info("threat lists remapped: {names}", names=", ".join(t.name for t in policy.lists.lists) or "none")
 
 
 def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
