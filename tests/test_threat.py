@@ -25,6 +25,8 @@ from etpmitm.policy.listspec import ListSpec
 from etpmitm.threat.judge import ThreatList, ThreatLists, decide_connection, decide_request, needs_names
 from etpmitm.threat.keeper import ListKeeper
 from etpmitm.threat.lists import ListError, parse_list, read_entries
+from etpmitm.gateway.policyholder import PolicyHolder
+from etpmitm.threat.service import REMAP, mapLists, remap
 from etpmitm.threat.store import read_manifest
 from etpmitm.threat.table import HashTable, build_table
 from tests.corelab import ORIGIN, CoreTestCase
@@ -347,6 +349,38 @@ class KeeperTests(SynchronousTestCase):
         d, f = pending.pop()
         d.callback(f())
         self.assertEqual(len(self.published), 3)
+
+
+class WorkerRemapTests(SynchronousTestCase):
+    """A worker maps what the master built; a manifest it cannot read keeps the lists it has."""
+
+    def setUp(self) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="etpmitm-threat-"))
+        listed = self.work / "m.txt"
+        listed.write_text("evil.example\n")
+        self.published: list[ThreatLists] = []
+        ListKeeper([ListSpec("malware", listed, "block")], self.work, self.published.append, MemoryReactorClock(),
+                   interval=0).start()
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_remapReplacesTheLists(self) -> None:
+        holder = PolicyHolder()
+        self.assertTrue(remap(holder, str(self.work / "manifest.json"), REMAP))
+        self.assertEqual([t.name for t in holder.lists.lists], ["malware"])
+        self.assertFalse(remap(holder, str(self.work / "manifest.json"), {"learned": ["a.example", "192.0.2.1:443"]}))
+
+    def test_anUnreadableManifestKeepsTheOldLists(self) -> None:
+        holder = PolicyHolder()
+        holder.lists = kept = lists(("old", "block", "old.example"))
+        (self.work / "manifest.json").write_text("[{]")
+        self.assertTrue(remap(holder, str(self.work / "manifest.json"), REMAP))
+        self.assertIs(holder.lists, kept)
+        [error] = [e for e in self.events if "error" in e]
+        self.assertIn("keeping the previous ones", error["log_format"])
+        self.assertRaises(ValueError, mapLists, self.work / "manifest.json")
+        self.assertRaises(OSError, mapLists, self.work / "missing.json")
 
 
 class BadManifestTests(SynchronousTestCase):
