@@ -43,7 +43,7 @@ Outcome = Literal["ok", "refused", "error"]
 _FORMAT = (
     "{client} -> {destination} sni={sni_text} action={action} outcome={outcome} "
     "reason={reason!r} policy={policy!r} alpn={alpn_text} up={bytes_up} down={bytes_down} "
-    "duration={duration_text}s id={id} pid={pid}"
+    "duration={duration_text}s category={category_text} id={id} pid={pid}"
 )
 
 
@@ -84,6 +84,8 @@ class ConnectionRecord:
     bytes_up: int = 0
     bytes_down: int = 0
     duration: float = 0.0
+    category: str | None = None
+    """The threat list that matched (:mod:`etpmitm.threat`), if any."""
     pid: int = attrs.field(factory=os.getpid)
     """The process (with ``--workers``, the worker) that handled it."""
     id: str = attrs.field(factory=lambda: f"{os.getpid():x}-{next(_ids):x}")
@@ -124,6 +126,7 @@ class ConnectionRecord:
         # The fields stay as they are (--audit-log writes them as JSON); the
         # line gets log-safe words.
         fields["sni_text"], fields["alpn_text"] = token(self.sni), token(self.alpn)
+        fields["category_text"] = token(self.category)
         # Formatted here: a format spec does not survive a worker's event
         # passing to the master as JSON (Twisted flattens it unformatted).
         fields["duration_text"] = f"{self.duration:.3f}"

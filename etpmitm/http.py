@@ -59,6 +59,8 @@ class RequestVerdict:
     action: Literal["allow", "block"]
     reason: str
     rule: str | None = None
+    category: str | None = None
+    """The threat list that matched, if any (:mod:`etpmitm.threat.judge`)."""
 
 
 ALLOW = RequestVerdict("allow", "no request rule matched")
@@ -86,6 +88,8 @@ class RequestRecord:
     action: RequestAction = "allow"
     reason: str = ""
     rule: str | None = None
+    category: str | None = None
+    """The threat list that matched the request, if any."""
     status: int | None = None
     response_content_type: str | None = None
     bytes_up: int = 0

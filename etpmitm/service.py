@@ -42,6 +42,10 @@ from etpmitm.learnedmessage import from_message, to_message
 from etpmitm.learning import Learned
 from etpmitm.limits import raise_nofile_limit
 from etpmitm.policy import PolicyError
+from etpmitm.threat.judge import ThreatLists
+from etpmitm.threat.keeper import ListKeeper
+from etpmitm.threat.lists import ListError
+from etpmitm.threat.service import MANIFEST, ThreatListService, listKeeper, mapLists, remap
 from etpmitm.sharedports import AdoptedPorts, bindShared, tcpAddress, withBacklog
 from etpmitm.workers import STOP_GRACE, MasterLink, WorkerPool
 
@@ -95,6 +99,8 @@ class Options(usage.Options):
         ["metrics", None, None, "Serve Prometheus metrics at /metrics and a health check at /healthz on this endpoint (strports, e.g. tcp:9180:interface=127.0.0.1)"],
         ["drain-timeout", None, 0.0, "On SIGTERM, stop accepting and give open connections this many seconds to end (0: cut them at once)", _notNegative],
         ["worker-metrics", None, None, "Internal: the master's directory for the metrics of its workers"],
+        ["list-interval", None, 5.0, "Seconds between checks of the threat list files for changes (0: only on SIGHUP)", float],
+        ["threat-manifest", None, None, "Internal: the threat list tables to map, built by the master (--workers)"],
     ]
 
     def __init__(self) -> None:
@@ -125,6 +131,8 @@ class Options(usage.Options):
             raise usage.UsageError("--relay-buffer must be from 16384 to 67108864 bytes")
         if self["leaf-key"] not in ("ecdsa", "rsa"):
             raise usage.UsageError("--leaf-key must be ecdsa or rsa")
+        if not 0 <= self["list-interval"] <= 86400:
+            raise usage.UsageError("--list-interval must be from 0 to 86400 seconds")
         if self["leaf-cache"] < 1:
             raise usage.UsageError("--leaf-cache must be at least 1")
         self["workers"] = _workerCount(self["workers"])
@@ -214,6 +222,8 @@ class GatewayService(MultiService):
         self.master = master
         self.trimmer: Trimmer | None = None
         self.drainTimeout = drainTimeout
+        self.hangupHooks: list[Callable[[], object]] = []
+        """Run after each SIGHUP's policy reload (the threat lists')."""
 
     def startService(self) -> None:
         super().startService()
@@ -225,11 +235,16 @@ class GatewayService(MultiService):
         self.trimmer.start()
 
         def onHangup(signum: int, frame: object) -> None:
-            reactor.callFromThread(self.policy.reload)  # type: ignore[attr-defined]
+            reactor.callFromThread(self._reload)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGHUP, onHangup)
         # A worker starts with SIGHUP blocked (etpmitm.workers): ready now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+    def _reload(self) -> None:
+        self.policy.reload()
+        for hook in self.hangupHooks:
+            hook()
 
     def stopService(self) -> Any:
         from twisted.internet import reactor
@@ -283,14 +298,22 @@ def makeService(options: Options) -> IService:
 
     _logDescriptorLimit(options, *raise_nofile_limit())
 
+    if options["worker-listen"]:
+        manifest = options["threat-manifest"]
+        keeper = None
+        if manifest is not None:
+            policy.lists = _mapLists(Path(manifest))
+    else:
+        keeper = _listKeeper(options, policy)
+
     if options["workers"] > 1 and not options["worker-listen"]:
-        master = _master(options, descriptions, directory, ca, bundle, metricsSetup)
+        master = _master(options, descriptions, directory, ca, bundle, metricsSetup, keeper)
         accepting.append(lambda: None if master.pool is not None and master.pool.pids else "no worker is running")
-        return _withAuditLog(_withMetrics(master, metricsSetup), auditLog)
+        return _withAuditLog(_withMetrics(_withLists(master, keeper, policy, master), metricsSetup), auditLog)
 
     link: MasterLink | None = None
     if options["worker-listen"]:
-        link = MasterLink(reactor, lambda message: _learnedByAnother(policy, message))
+        link = MasterLink(reactor, lambda message: _fromMaster(policy, options["threat-manifest"], message))
     settings = GatewaySettings(
         reactor=cast(IReactorTCP, reactor),
         clock=cast(IReactorTime, reactor),
@@ -309,6 +332,7 @@ def makeService(options: Options) -> IService:
     factory = IntakeFactory(settings)
     top = GatewayService(policy, link, options["drain-timeout"])
     accepting.append(lambda: None if top.running else "not accepting")
+    _withLists(top, keeper, policy, None)
     if link is not None:
         AdoptedPorts(cast(IReactorSocket, reactor), options["worker-listen"], factory).setServiceParent(top)
         log.info("etpmitm worker {pid} serving the master's sockets", pid=os.getpid())
@@ -427,6 +451,37 @@ def _shareLearned(link: MasterLink | None) -> Callable[[Learned], None]:
     return lambda learned: master.send(to_message(learned))
 
 
+def _listKeeper(options: Options, policy: PolicyHolder) -> ListKeeper | None:
+    """The threat lists, built now (a problem is a start-up error); see etpmitm.threat.service."""
+    try:
+        return listKeeper(policy, options["list-interval"])
+    except ListError as e:
+        raise StartupError(str(e)) from None
+
+
+def _withLists(top: MultiService, keeper: ListKeeper | None, policy: PolicyHolder,
+               master: MasterService | None) -> MultiService:
+    """Reload the lists on SIGHUP too, and remove their tables at the end."""
+    if keeper is not None:
+        ThreatListService(keeper, policy, lambda: None if master is None else master.pool).setServiceParent(top)
+        if isinstance(top, GatewayService):
+            top.hangupHooks.append(lambda: keeper.reload(policy.current.lists))
+    return top
+
+
+def _mapLists(manifest: Path) -> ThreatLists:
+    try:
+        return mapLists(manifest)
+    except (OSError, ValueError) as e:
+        raise StartupError(f"cannot map the threat lists named in {manifest}: {e}") from None
+
+
+def _fromMaster(policy: PolicyHolder, manifest: str | None, message: dict[str, Any]) -> None:
+    """A message from the master: new threat list tables, or a bypass another worker learned."""
+    if not remap(policy, manifest, message):
+        _learnedByAnother(policy, message)
+
+
 def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
     """A bypass another worker learned: apply it here too, for the same clients."""
     from twisted.internet import reactor
@@ -444,10 +499,15 @@ def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
 
 
 def _master(options: Options, descriptions: list[str], directory: Path, ca: CertificateAuthority,
-            bundle: Path, metricsSetup: metricssetup.MetricsSetup | None = None) -> MasterService:
+            bundle: Path, metricsSetup: metricssetup.MetricsSetup | None = None,
+            keeper: ListKeeper | None = None) -> MasterService:
     """The master of ``--workers N``: binds the sockets, runs the workers."""
-    extra = metricsSetup.workerOptions() if metricsSetup is not None else []
-    top = MasterService(descriptions, options["workers"], _workerOptions(options, directory) + extra)
+    workerOptions = _workerOptions(options, directory)
+    if metricsSetup is not None:
+        workerOptions += metricsSetup.workerOptions()
+    if keeper is not None:
+        workerOptions.append(f"--threat-manifest={keeper.directory / MANIFEST}")
+    top = MasterService(descriptions, options["workers"], workerOptions)
     top.stopGrace = STOP_GRACE + options["drain-timeout"]
     _logStart(options, directory, ca, bundle)
     return top

@@ -169,6 +169,8 @@ class WorkerPool(Service):
         self._stopping = False
         self.stopGrace = STOP_GRACE
         """Seconds stopping workers get before they are killed (more with ``--drain-timeout``)."""
+        self.hangup: Callable[[], object] | None = None
+        """Also run (in the reactor) on each SIGHUP: the master's own reload."""
 
     def _clock(self) -> IReactorTime:
         return self._reactor  # type: ignore[return-value]
@@ -202,6 +204,13 @@ class WorkerPool(Service):
     def _onHangup(self, signum: int, frame: object) -> None:
         for pid in self.pids:
             os.kill(pid, signal.SIGHUP)
+        if self.hangup is not None:
+            self._reactor.callFromThread(self.hangup)  # type: ignore[attr-defined]
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        """Tell every worker (new threat list tables to map)."""
+        for worker in self._workers.values():
+            worker.send(message)
 
     def fromWorker(self, sender: _Worker, message: dict[str, Any]) -> None:
         """A worker learned something: tell the others."""

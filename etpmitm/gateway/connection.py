@@ -64,6 +64,7 @@ from etpmitm.gateway.settings import GatewaySettings, LeafContexts
 from etpmitm.learning import Key, Learned, bypass_key
 from etpmitm.mint import LeafName, name_text, origin_names
 from etpmitm.origintrust import OriginVerdict
+from etpmitm.threat.judge import decide_connection, decide_request, needs_names
 
 log = Logger()
 
@@ -283,7 +284,8 @@ class Connection:
                 self._close("close", "encrypted_client_hello; closed by policy (traffic.ech = close)")
                 return
         dst = self._destination()
-        if policy.needs_names(sni=hello.sni, destination=dst.ip, port=dst.port, client=self.client, ech=hello.has_ech):
+        lists = self.settings.policy.lists
+        if needs_names(policy, lists, sni=hello.sni, destination=dst.ip, port=dst.port, client=self.client, ech=hello.has_ech):
             self._connectOrigin(decided=False)  # decide once the certificate's names are known
             return
         action, reason = self._choose()
@@ -296,15 +298,18 @@ class Connection:
         """The one copy of the decision: policy rules, then learned bypasses."""
         hello, dst = self.hello, self._destination()
         assert hello is not None
-        decision = self.settings.policy.current.decide(
-            sni=hello.sni, destination=dst.ip, port=dst.port, client=self.client, names=names, ech=hello.has_ech
+        holder = self.settings.policy
+        decision = decide_connection(
+            holder.current, holder.lists,
+            sni=hello.sni, destination=dst.ip, port=dst.port, client=self.client, names=names, ech=hello.has_ech,
         )
         self.record.policy = decision.reason
+        self.record.category = decision.category
         if decision.action == "bypass":
             return "splice", "bypassed by policy"
         if decision.action == "block":
             return "block", f"blocked by policy: {decision.reason}"
-        if self.settings.policy.learned.is_bypassed(self._learnedKey(), self.client, self.settings.clock.seconds()):
+        if decision.category is None and self.settings.policy.learned.is_bypassed(self._learnedKey(), self.client, self.settings.clock.seconds()):
             return "splice", LEARNED_BYPASS
         return "intercept", ""
 
@@ -317,7 +322,8 @@ class Connection:
         else:
             self.record.action = "block"
             self.record.refused(reason)
-            self._serveBlockPage(self.settings.leaves, BlockResponse.render(self._requestedHost(), reason, "policy", status=403))
+            page = BlockResponse.render(self._requestedHost(), reason, "policy", status=403, category=self.record.category)
+            self._serveBlockPage(self.settings.leaves, page)
 
     # -- splicing ------------------------------------------------------------------------
 
@@ -498,8 +504,9 @@ class Connection:
     def _judge(self, head: RequestHead) -> RequestVerdict:
         """What the policy in force says of one request on this connection."""
         dst = self._destination()
-        return self.settings.policy.current.decide_request(
-            head, sni=self.record.sni, destination=dst.ip, port=dst.port, client=self.client
+        holder = self.settings.policy
+        return decide_request(
+            holder.current, holder.lists, head, sni=self.record.sni, destination=dst.ip, port=dst.port, client=self.client
         )
 
     def _idleCheck(self) -> None:

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from etpmitm import metrics
 from etpmitm.learning import LearnedBypass
+from etpmitm.threat.judge import NO_LISTS, ThreatLists
 from etpmitm.policy import DEFAULT_POLICY, LearningSettings, Policy, PolicyError, load_policy
 
 log = Logger()
@@ -29,6 +30,8 @@ class PolicyHolder:
     path: Path | None = None
     current: Policy = DEFAULT_POLICY
     learned: LearnedBypass = attrs.field(default=attrs.Factory(lambda self: _learnedFor(self.current.learning), takes_self=True))
+    lists: ThreatLists = NO_LISTS
+    """The threat lists in force, replaced whole by :mod:`etpmitm.threat.keeper` (or the master)."""
 
     @classmethod
     def load(cls, path: Path | None) -> PolicyHolder:
