@@ -253,6 +253,8 @@ class PrometheusMetrics:
             self._up.inc(record.bytes_up)
         if record.bytes_down:
             self._down.inc(record.bytes_down)
+        if record.category is not None:
+            self.listMatched(record.category)
 
     def handshake(self, phase: str, seconds: float) -> None:
         self._handshakes[phase].observe(seconds)
@@ -280,6 +282,10 @@ class PrometheusMetrics:
         protocol = record.protocol if record.protocol in PROTOCOLS else "http/1.1"
         self._requests[(protocol, method_class(record.head.method), status_class(record.status))].inc()
         self._requestDuration.observe(record.duration)
+        if record.category is not None:
+            self.listMatched(record.category)
+        for scan in record.scan or ():
+            self.scanned(str(scan.get("result")), float(scan.get("duration") or 0.0))
 
     def workerStarted(self, pid: int) -> None:
         self._alive.inc()

@@ -266,6 +266,25 @@ class PlacesTests(Recording):
         self.assertEqual(self.value("etpmitm_scans_total", result="other"), 1)
         self.assertEqual(self.value("etpmitm_scan_duration_seconds_count"), 2)
 
+    def test_auditedCategoriesAndScans(self) -> None:
+        """A list match and a scan count where they are audited: the connection's and the request's events."""
+        connection = ConnectionRecord("10.0.0.2:1", "10.0.0.3:443", 0.0, action="block")
+        connection.category = "malware"
+        connection.emit(1.0)
+        ConnectionRecord("10.0.0.2:2", "10.0.0.3:443", 0.0, action="intercept").emit(1.0)  # no list: not counted
+        request = RequestRecord("c-1", 1, "h2", RequestHead("GET", "origin.test", "/"), 10.0)
+        request.category = "phishing"
+        request.scan = [
+            {"kind": "reqmod", "result": "clean", "duration": 0.25},
+            {"kind": "respmod", "result": "infected", "duration": 0.5},
+        ]
+        request.emit(11.0)
+        self.assertEqual(self.value("etpmitm_list_matches_total", list="malware"), 1)
+        self.assertEqual(self.value("etpmitm_list_matches_total", list="phishing"), 1)
+        self.assertEqual(self.value("etpmitm_scans_total", result="clean"), 1)
+        self.assertEqual(self.value("etpmitm_scans_total", result="infected"), 1)
+        self.assertEqual(self.value("etpmitm_scan_duration_seconds_sum"), 0.75)
+
 
 WRITER = """
 import sys
