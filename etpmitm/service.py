@@ -27,11 +27,13 @@ from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import load_or_create_leaf_key
 from etpmitm.ca.ownroot import init_own_root
 from etpmitm.ca.untrusted import load_or_create_untrusted_ca
+from etpmitm.drain import DEFAULT_DRAIN, DrainService
 from etpmitm.defaults import DEFAULT_BACKLOG, DEFAULT_POLICY_FILE, data_directory, default_ca_directory, default_listen, default_policy_file
 from etpmitm.gateway.device import CachedLeafContexts
 from etpmitm.gateway.inspect import inspectingLayer
 from etpmitm.gateway.intake import IntakeFactory
 from etpmitm.gateway.policyholder import PolicyHolder
+from etpmitm.gateway.proxied import PREFIX, ProxiedIntakeFactory, unwrapProxied
 from etpmitm.gateway.settings import GatewaySettings
 from etpmitm.gateway.origin import RELAY_BUFFER, TrustStoreError, system_bundle, upstream_context
 from etpmitm.keyfiles import KeyFileError, read_passphrase_file
@@ -40,7 +42,7 @@ from etpmitm.learning import Learned
 from etpmitm.limits import raise_nofile_limit
 from etpmitm.policy import PolicyError
 from etpmitm.sharedports import AdoptedPorts, bindShared, tcpAddress, withBacklog
-from etpmitm.workers import MasterLink, WorkerPool
+from etpmitm.workers import STOP_GRACE, MasterLink, WorkerPool
 
 log = Logger()
 
@@ -78,6 +80,7 @@ class Options(usage.Options):
         ["max-client-rate", None, f"{DEFAULT_PER_CLIENT_RATE:g}", "New connections per second from one client address, per process (bursts of twice that); 0: unlimited"],
         ["relay-buffer", None, RELAY_BUFFER, "Bytes buffered towards a side before its peer stops being read (a stalled reader holds about 4x this)", int],
         ["backlog", None, DEFAULT_BACKLOG, "Accept queue of each listening socket (capped by net.core.somaxconn)", int],
+        ["drain-timeout", None, DEFAULT_DRAIN, "Seconds a stopping gateway (SIGTERM) waits for open connections to end; it stops listening at once", float],
         ["audit-log", None, None, "Also write the audit events (per connection and per request) to this file as JSON lines; SIGUSR1 reopens it"],
     ]
 
@@ -85,6 +88,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["worker-listen"] = []
+        self["worker-proxied"] = set()
         self["listen-note"] = None
 
     def opt_worker_listen(self, value: str) -> None:
@@ -94,8 +98,15 @@ class Options(usage.Options):
             raise usage.UsageError(f"--worker-listen takes a file descriptor and a backlog (FD:BACKLOG), not {value!r}")
         self["worker-listen"].append((int(fd), int(backlog)))
 
+    def opt_worker_proxied(self, value: str) -> None:
+        """Internal: INDEX, an inherited socket (by its --worker-listen order) that takes PROXY headers."""
+        if not value.isdigit():
+            raise usage.UsageError(f"--worker-proxied takes an index, not {value!r}")
+        self["worker-proxied"].add(int(value))
+
     def opt_listen(self, description: str) -> None:
-        """Endpoint to listen on (strports syntax; repeatable; default tcp6:8443:interface=\\:\\:, dual-stack)."""
+        """Endpoint to listen on (strports syntax; repeatable; default tcp6:8443:interface=\\:\\:, dual-stack).
+        haproxy:tcp:PORT takes connections from a load balancer that sends a PROXY header (v1 or v2)."""
         self["listen"].append(description)
 
     def postOptions(self) -> None:
@@ -278,14 +289,23 @@ def makeService(options: Options) -> IService:
     )
     settings = attrs.evolve(settings, layerFor=inspectingLayer(settings))
     factory = IntakeFactory(settings)
+    proxiedFactory = ProxiedIntakeFactory(settings)
     top = GatewayService(policy, link)
+    admission = settings.admission
+    assert admission is not None
+    DrainService(cast(IReactorTime, reactor), lambda: admission.open, options["drain-timeout"]).setServiceParent(top)
     if link is not None:
-        AdoptedPorts(cast(IReactorSocket, reactor), options["worker-listen"], factory).setServiceParent(top)
+        inherited = options["worker-listen"]
+        for wanted, serving in ((False, factory), (True, proxiedFactory)):
+            fds = [fd for i, fd in enumerate(inherited) if (i in options["worker-proxied"]) is wanted]
+            if fds:
+                AdoptedPorts(cast(IReactorSocket, reactor), fds, serving).setServiceParent(top)
         log.info("etpmitm worker {pid} serving the master's sockets", pid=os.getpid())
         return top  # no --audit-log here: the master writes its workers' events
     for description in descriptions:
+        proxied, inner = unwrapProxied(description)
         try:
-            strports.service(description, factory).setServiceParent(top)
+            strports.service(inner, proxiedFactory if proxied else factory).setServiceParent(top)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     _logStart(options, directory, ca, bundle)
@@ -329,8 +349,9 @@ def _listenDescriptions(options: Options) -> list[str]:
     """The --listen descriptions, each with --backlog unless it names its own."""
     descriptions = []
     for description in options["listen"]:
+        proxied, inner = unwrapProxied(description)
         try:
-            descriptions.append(withBacklog(description, options["backlog"]))
+            descriptions.append((PREFIX if proxied else "") + withBacklog(inner, options["backlog"]))
         except (ValueError, KeyError, TypeError) as e:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     return descriptions
@@ -386,7 +407,7 @@ def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
 def _master(options: Options, descriptions: list[str], directory: Path, ca: CertificateAuthority,
             bundle: Path) -> MasterService:
     """The master of ``--workers N``: binds the sockets, runs the workers."""
-    top = MasterService(descriptions, options["workers"], _workerOptions(options, directory))
+    top = MasterService(descriptions, options["workers"], _workerOptions(options, directory), options["drain-timeout"])
     _logStart(options, directory, ca, bundle)
     return top
 
@@ -396,7 +417,7 @@ def _workerOptions(options: Options, directory: Path) -> list[str]:
     argv = [f"--ca-dir={directory.resolve()}"]
     trust = options["upstream-trust"]
     argv.append(f"--upstream-trust={trust if trust == 'system' else Path(trust).resolve()}")
-    for name in ("handshake-timeout", "connect-timeout", "idle-timeout", "relay-buffer", "leaf-key", "leaf-cache",
+    for name in ("handshake-timeout", "connect-timeout", "idle-timeout", "drain-timeout", "relay-buffer", "leaf-key", "leaf-cache",
                  "max-connections", "max-client-connections", "max-client-rate"):
         argv.append(f"--{name}={options[name]}")
     for name in ("passphrase-file", "policy"):
@@ -408,8 +429,9 @@ def _workerOptions(options: Options, directory: Path) -> list[str]:
 class MasterService(MultiService):
     """Binds every ``--listen`` socket, then hands them to a :class:`WorkerPool`."""
 
-    def __init__(self, descriptions: list[str], workers: int, workerOptions: list[str]) -> None:
+    def __init__(self, descriptions: list[str], workers: int, workerOptions: list[str], drain: float = 0.0) -> None:
         super().__init__()
+        self._drain = drain
         self._descriptions = descriptions
         self._workers = workers
         self._workerOptions = workerOptions
@@ -419,7 +441,8 @@ class MasterService(MultiService):
         from twisted.internet import reactor
 
         groups = []
-        for description in self._descriptions:
+        inners = [unwrapProxied(description)[1] for description in self._descriptions]
+        for description in inners:
             try:
                 groups.append(bindShared(description, self._workers))
             except CannotListenError as e:
@@ -428,8 +451,10 @@ class MasterService(MultiService):
                 raise StartupError(f"bad --listen {description!r}: {e}") from None
         # Worker i gets socket i of every group.
         sockets = [[group[i] for group in groups] for i in range(self._workers)]
-        backlogs = [tcpAddress(description).backlog for description in self._descriptions]
-        self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, backlogs, self._workerOptions)
+        backlogs = [tcpAddress(description).backlog for description in inners]
+        proxied = [f"--worker-proxied={i}" for i, d in enumerate(self._descriptions) if unwrapProxied(d)[0]]
+        self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, backlogs, self._workerOptions + proxied,
+                               stopGrace=STOP_GRACE + self._drain)
         self.pool.setServiceParent(self)
         super().privilegedStartService()
 

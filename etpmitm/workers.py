@@ -155,6 +155,7 @@ class WorkerPool(Service):
         backlogs: Sequence[int],
         options: Sequence[str],
         observer: ILogObserver = globalLogPublisher,
+        stopGrace: float = STOP_GRACE,
     ) -> None:
         """Worker *i* gets ``sockets[i]``; ``backlogs`` holds one per socket of a worker."""
         self._reactor = reactor
@@ -166,6 +167,7 @@ class WorkerPool(Service):
         self._restarts: dict[int, IDelayedCall] = {}
         self._delay = 1.0
         self._stopping = False
+        self._stopGrace = stopGrace
 
     def _clock(self) -> IReactorTime:
         return self._reactor  # type: ignore[return-value]
@@ -249,7 +251,7 @@ class WorkerPool(Service):
         workers = list(self._workers.values())
         for worker in workers:
             worker.transport.signalProcess("TERM")  # type: ignore[union-attr]
-        kill = self._clock().callLater(STOP_GRACE, self._kill, workers)
+        kill = self._clock().callLater(self._stopGrace, self._kill, workers)
         done: Deferred[object] = DeferredList([w.ended for w in workers])  # type: ignore[assignment]
 
         def stopped(result: object) -> object:
@@ -262,7 +264,7 @@ class WorkerPool(Service):
     def _kill(self, workers: list[_Worker]) -> None:
         for worker in workers:
             if worker.transport is not None and worker.transport.pid:
-                log.warn("worker {slot} did not stop within {grace}s; killing it", slot=worker.slot, grace=STOP_GRACE)
+                log.warn("worker {slot} did not stop within {grace}s; killing it", slot=worker.slot, grace=f"{self._stopGrace:g}")
                 worker.transport.signalProcess("KILL")
 
 

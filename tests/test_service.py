@@ -97,6 +97,14 @@ class StartupTests(TestCase):
         directory = self.ca()
         self.assertOneLineError(self.twistd("--ca-dir", str(directory), "--listen", "bogus:1"), "bad --listen 'bogus:1'")
 
+    def test_badProxiedListen(self) -> None:
+        """haproxy: wraps a tcp/tcp6 description; the error names the whole --listen."""
+        directory = self.ca()
+        self.assertOneLineError(self.twistd("--ca-dir", str(directory), "--listen", "haproxy:bogus:1"),
+                                "bad --listen 'haproxy:bogus:1'")
+        done = self.twistd("--ca-dir", str(directory), "--workers", "2", "--listen", "haproxy:tcp:70000")
+        self.assertOneLineError(done, "bad --listen 'haproxy:tcp:70000': port 70000 is not in 0-65535")
+
     def test_portOutOfRange(self) -> None:
         """One line, not a traceback, with or without workers."""
         directory = self.ca()
