@@ -18,6 +18,7 @@ from etpmitm.policy import parse_policy
 from etpmitm.gateway.proxied import HeaderIntake, ProxiedIntakeFactory, unwrapProxied
 from tests.corelab import GATEWAY, GATEWAY_WAN, ORIGIN_IP, CoreTestCase, Peer, _Client
 from tests.memnet import MemoryTCP
+from etpmitm.gateway.proxyheader import V2_SIGNATURE
 from tests.test_proxyheader import v1, v2
 
 BALANCER = IPv4Address("TCP", "10.0.0.50", 33000)
@@ -165,10 +166,20 @@ class ProxiedTests(CoreTestCase):
         self.send(device, b"hello there\r\n")
         self.assertRefusedHeader(server, "no PROXY header")
 
-    def test_local(self) -> None:
+    def test_localIsAHealthCheck(self) -> None:
+        """HAProxy's check of a send-proxy-v2 server (a LOCAL header): closed politely, not audited, not relayed."""
         _, device, server = self.connectRaw()
-        self.send(device, v2("10.0.0.2", "10.0.0.3", 5, 443, command=0))
-        self.assertRefusedHeader(server, "v2 LOCAL command")
+        self.send(device, V2_SIGNATURE + b"\x20\x00\x00\x00")
+        self.assertFalse(server.connected)
+        self.assertFalse(server.aborted)
+        self.assertEqual(self.auditEvents(), [])
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_v1Unknown(self) -> None:
+        _, device, server = self.connectRaw()
+        self.send(device, b"PROXY UNKNOWN\r\n")
+        self.assertRefusedHeader(server, "v1 UNKNOWN protocol")
 
     def test_unsupportedFamily(self) -> None:
         _, device, server = self.connectRaw()

@@ -10,7 +10,7 @@ from twisted.protocols.haproxy import _v1parser, _v2parser  # an independent rea
 from twisted.trial.unittest import SynchronousTestCase
 
 from etpmitm.gateway.origdst import Destination
-from etpmitm.gateway.proxyheader import V2_SIGNATURE, ProxyHeader, ProxyHeaderError, ProxyHeaderParser
+from etpmitm.gateway.proxyheader import LOCAL, Local, V2_SIGNATURE, ProxyHeader, ProxyHeaderError, ProxyHeaderParser
 
 HELLO = b"\x16\x03\x01\x00\x05hello"
 
@@ -39,7 +39,7 @@ def dest(ip: str, port: int) -> Destination:
 
 
 class ParserTests(SynchronousTestCase):
-    def feedAll(self, *chunks: bytes) -> tuple[ProxyHeader, bytes]:
+    def feedAll(self, *chunks: bytes) -> tuple[ProxyHeader | Local, bytes]:
         """Feed ``chunks`` until the header is whole: the header, and every byte after it."""
         parser = ProxyHeaderParser()
         for i, chunk in enumerate(chunks):
@@ -97,6 +97,7 @@ class ParserTests(SynchronousTestCase):
                               (v2("10.0.0.2", "192.0.2.10", 5, 443), _v2parser.V2Parser.parse),
                               (v2("fd00::2", "2001:db8::10", 5, 443), _v2parser.V2Parser.parse)):
             header, _ = self.feedAll(data)
+            assert isinstance(header, ProxyHeader)
             info = twisted(data.rstrip(b"\r\n"))
             assert info.source is not None and info.destination is not None
             self.assertEqual(
@@ -135,8 +136,9 @@ class ParserTests(SynchronousTestCase):
         self.assertRefused(b"PROXY TCP4 10.0.0.2 10.0.0.\xff 5 443\r\n", "not ASCII")
 
     def test_v2Local(self) -> None:
-        """LOCAL: the balancer's own connection (a health check) carries no device to relay."""
-        self.assertRefused(v2("10.0.0.2", "10.0.0.3", 5, 443, command=0), "v2 LOCAL command")
+        """LOCAL: the balancer's own connection (a health check), addresses ignored, as HAProxy sends it."""
+        self.assertEqual(self.feedAll(V2_SIGNATURE + b"\x20\x00\x00\x00"), (LOCAL, b""))
+        self.assertEqual(self.feedAll(v2("10.0.0.2", "10.0.0.3", 5, 443, command=0) + b"x"), (LOCAL, b"x"))
 
     def test_v2UnknownCommand(self) -> None:
         self.assertRefused(v2("10.0.0.2", "10.0.0.3", 5, 443, command=2), "unknown command 0x2")

@@ -7,9 +7,11 @@ handshake timeout, then admits the connection by the *device's* address
 (the header's source) and hands the socket to an ordinary
 :class:`~.intake.Intake`, which takes the original destination from the
 header instead of ``SO_ORIGINAL_DST``.  A connection whose header is
-missing, malformed, truncated, slow, or names no device (LOCAL, UNKNOWN) is
-reset, and audited as refused with the reason.  One that closes without
-sending a byte is a balancer's TCP health check: it is not audited.
+missing, malformed, truncated, slow, or names no device (v1 UNKNOWN) is
+reset, and audited as refused with the reason.  The balancer's health checks
+are closed without an audit event: a v2 LOCAL header (what HAProxy sends on
+each check of a ``send-proxy-v2`` server), or a connection that closes
+without sending a byte (a plain TCP check).
 
 Twisted's own ``haproxy:`` endpoint wrapper is not used: it closes a bad
 connection silently, waits for a header for ever, and sees the balancer as
@@ -27,7 +29,7 @@ from zope.interface import implementer
 
 from etpmitm.audit import ConnectionRecord
 from etpmitm.gateway.intake import IntakeFactory
-from etpmitm.gateway.proxyheader import ProxyHeaderError, ProxyHeaderParser
+from etpmitm.gateway.proxyheader import Local, ProxyHeaderError, ProxyHeaderParser
 
 PREFIX = "haproxy:"
 
@@ -71,6 +73,10 @@ class HeaderIntake(Protocol):
             return
         header, rest = found
         self._cancelTimer()
+        if isinstance(header, Local):  # a health check: it connected, that is all it asks
+            self._ended = True
+            self._tcp.loseConnection()
+            return
         self._next = self._factory.admit(lambda: header.source.ip, header)
         self._next.makeConnection(self.transport)
         if rest and self.transport.connected:  # type: ignore[union-attr]

@@ -7,8 +7,10 @@ byte, instead of from ``SO_ORIGINAL_DST``.  :class:`ProxyHeaderParser` takes
 the bytes as they arrive (a header may span TCP segments) and returns the
 header once it is whole, with the bytes that followed it; anything that is
 not a TCP-over-IP ``PROXY`` header raises :class:`ProxyHeaderError` with the
-reason.  A ``LOCAL`` (v2) or ``UNKNOWN`` (v1) header names no device: there
-is nowhere to relay it, so it is an error here too.
+reason.  A v2 ``LOCAL`` header is the balancer's own connection, its health
+check (HAProxy sends one on every check of a ``send-proxy-v2`` server):
+:data:`LOCAL` says so.  A v1 ``UNKNOWN`` header names no device, so there is
+nowhere to relay it: an error here.
 
 Spec: https://www.haproxy.org/download/2.6/doc/proxy-protocol.txt
 """
@@ -49,6 +51,13 @@ class ProxyHeader:
     version: int
 
 
+class Local:
+    """A v2 LOCAL header: the balancer's own connection (a health check), relaying no device."""
+
+
+LOCAL = Local()
+
+
 class ProxyHeaderParser:
     """Buffers the first bytes of a connection until its PROXY header is whole."""
 
@@ -59,7 +68,7 @@ class ProxyHeaderParser:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> tuple[ProxyHeader, bytes] | None:
+    def feed(self, data: bytes) -> tuple[ProxyHeader | Local, bytes] | None:
         """The header and the bytes after it, or None while more is needed.
 
         Raises :class:`ProxyHeaderError` as soon as the bytes cannot be a
@@ -74,7 +83,7 @@ class ProxyHeaderParser:
             return self._v1(buffer)
         raise ProxyHeaderError(f"no PROXY header: the connection starts with {_first(buffer)}")
 
-    def _v1(self, buffer: bytes) -> tuple[ProxyHeader, bytes] | None:
+    def _v1(self, buffer: bytes) -> tuple[ProxyHeader | Local, bytes] | None:
         if buffer[: len(V1_PREFIX)] != V1_PREFIX[: len(buffer)]:
             raise ProxyHeaderError(f"no PROXY header: the connection starts with {_first(buffer)}")
         end = buffer.find(b"\r\n", 0, V1_MAX)
@@ -85,7 +94,7 @@ class ProxyHeaderParser:
         self._buffer = b""
         return _parse_v1(buffer[:end]), buffer[end + 2:]
 
-    def _v2(self, buffer: bytes) -> tuple[ProxyHeader, bytes] | None:
+    def _v2(self, buffer: bytes) -> tuple[ProxyHeader | Local, bytes] | None:
         if buffer[: len(V2_SIGNATURE)] != V2_SIGNATURE[: len(buffer)]:
             raise ProxyHeaderError(f"no PROXY header: the connection starts with {_first(buffer)}")
         if len(buffer) < _V2_FIXED:
@@ -99,7 +108,7 @@ class ProxyHeaderParser:
         self._buffer = b""
         header, rest = buffer[_V2_FIXED:_V2_FIXED + length], buffer[_V2_FIXED + length:]
         if command == _LOCAL:
-            raise ProxyHeaderError("v2 LOCAL command: the balancer's own connection, no device address to relay")
+            return LOCAL, rest
         if command != _PROXY:
             raise ProxyHeaderError(f"v2 header with unknown command {command:#x}")
         family = buffer[13]
