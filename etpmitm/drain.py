@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -55,3 +55,26 @@ class DrainService(Service):
 
         look()
         return done
+
+
+class StopsLast(MultiService):
+    """``first`` and ``last`` run together; ``last`` stops once ``first`` has.
+
+    For an audit log: it must stay open for the events of the connections
+    that end while the gateway drains (or while a master's workers drain).
+    """
+
+    def __init__(self, first: MultiService, last: Service) -> None:
+        MultiService.__init__(self)  # type: ignore[no-untyped-call]
+        self.first, self.last = first, last
+        self.addService(first)  # type: ignore[no-untyped-call]
+        self.addService(last)  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> Deferred[object]:
+        Service.stopService(self)  # type: ignore[no-untyped-call]
+        stopped: Deferred[object] = maybeDeferred(self.first.stopService)
+
+        def thenLast(result: object) -> object:
+            return self.last.stopService()  # type: ignore[no-untyped-call]
+
+        return stopped.addBoth(thenLast)

@@ -27,7 +27,7 @@ from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import load_or_create_leaf_key
 from etpmitm.ca.ownroot import init_own_root
 from etpmitm.ca.untrusted import load_or_create_untrusted_ca
-from etpmitm.drain import DEFAULT_DRAIN, DrainService
+from etpmitm.drain import DEFAULT_DRAIN, DrainService, StopsLast
 from etpmitm.defaults import DEFAULT_BACKLOG, DEFAULT_POLICY_FILE, data_directory, default_ca_directory, default_listen, default_policy_file
 from etpmitm.gateway.device import CachedLeafContexts
 from etpmitm.gateway.inspect import inspectingLayer
@@ -324,7 +324,7 @@ def _auditLog(options: Options) -> AuditLogFile | None:
 
 def _withAuditLog(top: MultiService, auditLog: AuditLogFile | None) -> MultiService:
     if auditLog is not None:
-        AuditLogService(auditLog).setServiceParent(top)
+        return StopsLast(top, AuditLogService(auditLog))  # open until the last drained connection's event
     return top
 
 

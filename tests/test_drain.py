@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from etpmitm.drain import DrainService
+from etpmitm.drain import DrainService, StopsLast
 
 
 class DrainTests(SynchronousTestCase):
@@ -59,3 +61,38 @@ class DrainTests(SynchronousTestCase):
         service = DrainService(self.clock, lambda: self.open, grace=0)
         service.startService()
         self.assertIsNone(service.stopService())
+
+
+class _Slow(MultiService):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopping: Deferred[None] = Deferred()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.stopping
+
+
+class _Recorder(Service):
+    stops = 0
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.stops += 1
+
+
+class StopsLastTests(SynchronousTestCase):
+    def test_lastStopsAfterFirst(self) -> None:
+        """The audit log's service stops only once the gateway (draining) has stopped."""
+        first, last = _Slow(), _Recorder()
+        both = StopsLast(first, last)
+        both.startService()
+        self.assertTrue(first.running and last.running)
+        stopped = both.stopService()
+        self.assertNoResult(stopped)
+        self.assertEqual(last.stops, 0)
+        self.assertTrue(last.running)
+        first.stopping.callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(last.stops, 1)
+        self.assertFalse(last.running)
