@@ -11,7 +11,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get install -y -qq --no-install-recommends \
         iproute2 iptables nftables procps psmisc \
         openssl curl ca-certificates wrk nghttp2-client sslscan shellcheck \
-        chromium libnss3-tools >/dev/null
+        chromium libnss3-tools haproxy >/dev/null
 fi
 
 python3 -m venv .venv

@@ -454,7 +454,7 @@ class MasterService(MultiService):
         backlogs = [tcpAddress(description).backlog for description in inners]
         proxied = [f"--worker-proxied={i}" for i, d in enumerate(self._descriptions) if unwrapProxied(d)[0]]
         self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, backlogs, self._workerOptions + proxied,
-                               stopGrace=STOP_GRACE + self._drain)
+                               stopGrace=max(STOP_GRACE, self._drain + 5.0))
         self.pool.setServiceParent(self)
         super().privilegedStartService()
 

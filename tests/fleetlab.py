@@ -53,7 +53,6 @@ class Fleet:
             self.stats = self.lab.workdir / "haproxy.sock"
             env = {
                 "ETPMITM_BIND4": f"0.0.0.0:{FRONT_PORT}",
-                "ETPMITM_BIND6": f":::{FRONT_PORT}",
                 "ETPMITM_NODE1": f"127.0.0.1:{NODE_PORTS[1]}",
                 "ETPMITM_NODE2": f"127.0.0.1:{NODE_PORTS[2]}",
                 "ETPMITM_STATS": str(self.stats),

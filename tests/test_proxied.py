@@ -139,6 +139,12 @@ class ProxiedTests(CoreTestCase):
         self.connectProxied([v2(DEVICE, GATEWAY_WAN.host, 41000, 443)])
         self.assertDone("refuse", "error", f"addressed to the gateway itself ({GATEWAY_WAN.host}:443)")
 
+    def test_loopGuardOnTheBalancersAddress(self) -> None:
+        """A header naming the balancer itself (HAProxy 2.6 behind an IPv6 REDIRECT) would loop back to it: refused."""
+        self.connectProxied([v2(DEVICE, BALANCER.host, 41000, 8443)])
+        event = self.assertDone("refuse", "error", f"addressed to the balancer itself ({BALANCER.host}:8443)")
+        self.assertEqual(event["client"], f"{DEVICE}:41000")
+
     def test_admissionCountsTheDeviceNotTheBalancer(self) -> None:
         """Per-client limits apply to the header's source: one device at its limit, another still served."""
         self.settings = attrs.evolve(self.settings, admission=Admission(max_connections=0, per_client=1, per_client_rate=0, burst=0))

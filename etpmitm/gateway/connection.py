@@ -172,6 +172,9 @@ class Connection:
         if self._device.proxied is not None:
             dst = self._device.proxied.destination
             self.record.destination = str(dst)
+            if dst.ip == unmap(tcp.getPeer().host):
+                self._refuse(f"addressed to the balancer itself ({dst}): its PROXY header names no original destination")
+                return
         else:
             try:
                 dst = self.settings.originalDestination(tcp)
