@@ -291,6 +291,19 @@ class LimitOptionsTests(SynchronousTestCase):
         for name in ("max-connections", "max-client-connections", "max-client-rate"):
             self.assertEqual(again[name], options[name])
 
+    def test_drainTimeout(self) -> None:
+        self.assertEqual(self.parse()["drain-timeout"], 10.0)
+        argv = _workerOptions(self.parse("--drain-timeout=3"), Path("/ca"))
+        self.assertIn("--drain-timeout=3.0", argv)
+        self.assertEqual(self.parse(*argv)["drain-timeout"], 3.0)
+
+    def test_workerProxied(self) -> None:
+        """The master tells a worker which inherited sockets take PROXY headers, by index."""
+        options = self.parse("--worker-proxied=1", "--worker-proxied=3")
+        self.assertEqual(options["worker-proxied"], {1, 3})
+        with self.assertRaises(UsageError):
+            self.parse("--worker-proxied=x")
+
     def test_relayBuffer(self) -> None:
         self.assertEqual(self.parse()["relay-buffer"], 256 * 1024)
         options = self.parse("--relay-buffer=65536")
