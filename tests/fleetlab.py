@@ -1,7 +1,9 @@
 """A fleet in the namespace lab: Debian's HAProxy on the gateway takes the
 REDIRECTed TCP/443 and balances it over two etpmitm nodes (loopback ports
 9001 and 9002, ``--listen haproxy:tcp:PORT``) with ``send-proxy-v2`` and TCP
-health checks, running ``deploy/haproxy.cfg`` as shipped.  The nodes share
+health checks, running ``deploy/haproxy.cfg`` as shipped.  IPv4 reaches it
+by the shipped REDIRECT rules (``deploy/iptables.sh --family 4``), IPv6 by
+TPROXY (``deploy/haproxy-tproxy6.cfg`` and the rules in its comment).  The nodes share
 the CA directory and the policy file; each writes its own ``--audit-log``.
 Node 2 runs ``--workers 2`` (its sockets are inherited by its workers).
 """
@@ -42,6 +44,7 @@ class Fleet:
             cert, key = self.env.public.issue(["origin.test"], [Lab.origin_ip])
             self.env.origin(443, [cert, self.env.public.intermediate], key)
             self.env.policy.write_text("# shared by every node\n")
+            self.intake_rules()
             subprocess.run(
                 [Path(sys.executable).parent / "etpmitm", "ca", "init", "--dir", self.env.ca_dir],
                 check=True, capture_output=True, env={**os.environ, **gateway_env()},
@@ -53,16 +56,29 @@ class Fleet:
             self.stats = self.lab.workdir / "haproxy.sock"
             env = {
                 "ETPMITM_BIND4": f"0.0.0.0:{FRONT_PORT}",
+                "ETPMITM_BIND6": f":::{FRONT_PORT}",
                 "ETPMITM_NODE1": f"127.0.0.1:{NODE_PORTS[1]}",
                 "ETPMITM_NODE2": f"127.0.0.1:{NODE_PORTS[2]}",
                 "ETPMITM_STATS": str(self.stats),
             }
-            self.haproxy = self.lab.gateway.popen(["haproxy", "-db", "-f", REPO / "deploy" / "haproxy.cfg"], env=env)
+            configs = ["-f", REPO / "deploy" / "haproxy.cfg", "-f", REPO / "deploy" / "haproxy-tproxy6.cfg"]
+            self.haproxy = self.lab.gateway.popen(["haproxy", "-db", *configs], env=env)
             self.lab.gateway.wait_for_port(FRONT_PORT, proc=self.haproxy)
             self.wait_state({"node1": "UP", "node2": "UP"})
         except BaseException:
             self.env.close()
             raise
+
+    def intake_rules(self) -> None:
+        """REDIRECT for IPv4 (the shipped script), TPROXY for IPv6 (deploy/haproxy-tproxy6.cfg's rules)."""
+        gateway, script = self.lab.gateway, REPO / "deploy" / "iptables.sh"
+        gateway.run(["bash", script, "--remove"])
+        gateway.run(["bash", script, "--lan-if", self.lab.lan_if, "--port", str(FRONT_PORT), "--dports", "443", "--family", "4"])
+        gateway.run(["ip6tables", "-t", "mangle", "-A", "PREROUTING", "-i", self.lab.lan_if, "-p", "tcp", "--dport", "443",
+                     "-m", "addrtype", "!", "--dst-type", "LOCAL",
+                     "-j", "TPROXY", "--on-port", str(FRONT_PORT), "--tproxy-mark", "0x1/0x1"])
+        gateway.run(["ip", "-6", "rule", "add", "fwmark", "0x1/0x1", "lookup", "100"])
+        gateway.run(["ip", "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100"])
 
     @property
     def lab(self) -> Lab:

@@ -52,6 +52,19 @@ class FleetEndToEndTests(TestCase):
             self.assertEqual(event["destination"], f"{ORIGIN}:443")  # not 127.0.0.1:900N
             self.assertEqual((event["action"], event["outcome"], event["sni"]), ("intercept", "ok", "origin.test"))
 
+    def test_a_IPv6ThroughTPROXY(self) -> None:
+        """IPv6 devices reach HAProxy by TPROXY: the audit names the IPv6 device and destination."""
+        before = len(self.audits())
+        done = self.fleet.env.curl("-6", "--http1.1", "--resolve", f"origin.test:443:{Lab.origin_ip6}", "https://origin.test/")
+        self.assertEqual((done.returncode, done.stdout), (0, "origin ok\n"), done.stderr)
+        deadline = time.monotonic() + 10
+        while len(self.audits()) < before + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [event] = self.audits()[before:]
+        self.assertEqual(str(event["client"]).rpartition(":")[0], Lab.client_ip6)
+        self.assertEqual(event["destination"], f"[{Lab.origin_ip6}]:443")
+        self.assertEqual((event["action"], event["outcome"]), ("intercept", "ok"))
+
     def test_a_healthChecksAreNotAudited(self) -> None:
         """HAProxy checks each node every 500 ms with a PROXY v2 LOCAL header: none of them is audited."""
         before = {number: len(self.fleet.audit(number)) for number in NODE_PORTS}
