@@ -139,6 +139,12 @@ class ProxiedTests(CoreTestCase):
         self.connectProxied([v2(DEVICE, GATEWAY_WAN.host, 41000, 443)])
         self.assertDone("refuse", "error", f"addressed to the gateway itself ({GATEWAY_WAN.host}:443)")
 
+    def test_refusedAtOnceWithTheHelloInTheSameRead(self) -> None:
+        """A connection refused from its header alone gets no further: the ClientHello
+        that came with the header in one read is not fed to it."""
+        self.connectProxied([v1("TCP4", DEVICE, GATEWAY_WAN.host, 41000, 443)], withHello=True)
+        self.assertDone("refuse", "error", f"addressed to the gateway itself ({GATEWAY_WAN.host}:443)")
+
     def test_loopGuardOnTheBalancersAddress(self) -> None:
         """A header naming the balancer itself (HAProxy 2.6 behind an IPv6 REDIRECT) would loop back to it: refused."""
         self.connectProxied([v2(DEVICE, BALANCER.host, 41000, 8443)])

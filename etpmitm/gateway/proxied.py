@@ -28,7 +28,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from etpmitm.audit import ConnectionRecord
-from etpmitm.gateway.intake import IntakeFactory
+from etpmitm.gateway.connection import State
+from etpmitm.gateway.intake import Intake, IntakeFactory
 from etpmitm.gateway.proxyheader import Local, ProxyHeaderError, ProxyHeaderParser
 
 PREFIX = "haproxy:"
@@ -77,10 +78,13 @@ class HeaderIntake(Protocol):
             self._ended = True
             self._tcp.loseConnection()
             return
-        self._next = self._factory.admit(lambda: header.source.ip, header)
-        self._next.makeConnection(self.transport)
-        if rest and self.transport.connected:  # type: ignore[union-attr]
-            self._next.dataReceived(rest)
+        intake = self._next = self._factory.admit(lambda: header.source.ip, header)
+        intake.makeConnection(self.transport)
+        # The bytes after the header, only for an intake still reading (not
+        # refused past a limit, nor from its header alone, such as a loop).
+        if rest and isinstance(intake, Intake) and intake.connection is not None \
+                and intake.connection.state is State.READING_HELLO:
+            intake.dataReceived(rest)
 
     def readConnectionLost(self) -> None:
         if self._next is not None:
