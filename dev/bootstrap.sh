@@ -16,7 +16,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         chromium libnss3-tools
         c-icap libc-icap-mod-virus-scan clamav-daemon clamav
         rsyslog
-        prometheus
+        prometheus haproxy
     )
     apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi

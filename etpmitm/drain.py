@@ -1,56 +1,80 @@
-"""Stopping gently: wait for open connections to end (``--drain-timeout``)."""
+"""Stopping gracefully: the listeners close, the open connections finish.
+
+On SIGTERM twistd stops the services, then the reactor closes every
+connection still open.  :class:`DrainService` holds that second step back
+until the connections open at the stop have ended by themselves, or for at
+most ``grace`` seconds.  Its siblings, the listeners, stop at the same
+moment, so a load balancer's health check on the listening port fails at
+once (connection refused) and new connections go to the other nodes.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable
 
-from twisted.application.service import IService
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 log = Logger()
 
+DEFAULT_DRAIN = 10.0
 POLL = 0.1
-"""Seconds between looks at the open count."""
+"""Seconds between looks at the count while draining."""
 
 
-def drain(clock: IReactorTime, openNow: Callable[[], int], timeout: float) -> Deferred[None]:
-    """Fires once ``openNow()`` is 0, or after ``timeout`` seconds (what is still open is then cut)."""
-    done: Deferred[None] = Deferred()
-    if timeout <= 0 or openNow() <= 0:
-        done.callback(None)
+class DrainService(Service):
+    """Waits, when stopped, for ``openCount()`` to reach 0 (at most ``grace`` seconds)."""
+
+    def __init__(self, clock: IReactorTime, openCount: Callable[[], int], grace: float = DEFAULT_DRAIN) -> None:
+        self._clock = clock
+        self._openCount = openCount
+        self._grace = grace
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        count = self._openCount()
+        if count == 0 or self._grace <= 0:
+            return None
+        grace = f"{self._grace:g}"  # formatted here: a worker's event reaches the master as JSON
+        log.info("stopping: no new connections; waiting up to {grace}s for {count} open to end", grace=grace, count=count)
+        done: Deferred[None] = Deferred()
+        deadline = self._clock.seconds() + self._grace
+
+        def look() -> None:
+            count = self._openCount()
+            if count == 0:
+                log.info("stopping: every connection ended")
+                done.callback(None)
+            elif self._clock.seconds() >= deadline:
+                log.warn("stopping: {count} connections still open after {grace}s; closing them", count=count, grace=grace)
+                done.callback(None)
+            else:
+                self._clock.callLater(POLL, look)
+
+        look()
         return done
-    log.info("stopping: waiting up to {timeout:g}s for {count} open connections", timeout=timeout, count=openNow())
-    deadline = clock.seconds() + timeout
-
-    def look() -> None:
-        count = openNow()
-        if count <= 0:
-            log.info("stopping: every connection has ended")
-            done.callback(None)
-        elif clock.seconds() >= deadline:
-            log.warn("stopping: {count} connections still open after {timeout:g}s; cutting them", count=count, timeout=timeout)
-            done.callback(None)
-        else:
-            clock.callLater(POLL, look)
-
-    clock.callLater(POLL, look)
-    return done
 
 
-def stopInOrder(children: Iterable[IService], last: Callable[[IService], bool],
-                between: Callable[[], Deferred[None]]) -> Deferred[object]:
-    """Stop ``children`` (in reverse, as a MultiService does) except those ``last``
-    picks, then wait for ``between`` (the drain), then stop those: the audit log
-    stays open for the connections that end while draining."""
-    services = list(children)[::-1]
-    later = [s for s in services if last(s)]
+class StopsLast(MultiService):
+    """``first`` and ``last`` run together; ``last`` stops once ``first`` has.
 
-    def stop(group: list[IService]) -> Deferred[object]:
-        return DeferredList([maybeDeferred(s.stopService) for s in group])  # type: ignore[return-value]
+    For an audit log: it must stay open for the events of the connections
+    that end while the gateway drains (or while a master's workers drain).
+    """
 
-    done = stop([s for s in services if not last(s)])
-    done.addCallback(lambda _: between())
-    done.addCallback(lambda _: stop(later))
-    return done
+    def __init__(self, first: MultiService, last: Service) -> None:
+        MultiService.__init__(self)  # type: ignore[no-untyped-call]
+        self.first, self.last = first, last
+        self.addService(first)  # type: ignore[no-untyped-call]
+        self.addService(last)  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> Deferred[object]:
+        Service.stopService(self)  # type: ignore[no-untyped-call]
+        stopped: Deferred[object] = maybeDeferred(self.first.stopService)
+
+        def thenLast(result: object) -> object:
+            return self.last.stopService()  # type: ignore[no-untyped-call]
+
+        return stopped.addBoth(thenLast)

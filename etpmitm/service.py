@@ -19,7 +19,6 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from etpmitm import audit
-from etpmitm.drain import drain, stopInOrder
 from etpmitm.memory import Trimmer, mallocTrim
 from etpmitm.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_PER_CLIENT, DEFAULT_PER_CLIENT_RATE, Admission
 from etpmitm.auditlog import AuditLogError, AuditLogService
@@ -29,11 +28,13 @@ from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import load_or_create_leaf_key
 from etpmitm.ca.ownroot import init_own_root
 from etpmitm.ca.untrusted import load_or_create_untrusted_ca
+from etpmitm.drain import DEFAULT_DRAIN, DrainService, StopsLast
 from etpmitm.defaults import DEFAULT_BACKLOG, DEFAULT_POLICY_FILE, data_directory, default_ca_directory, default_listen, default_policy_file
 from etpmitm.gateway.device import CachedLeafContexts
 from etpmitm.gateway.inspect import inspectingLayer
 from etpmitm.gateway.intake import IntakeFactory
 from etpmitm.gateway.policyholder import PolicyHolder
+from etpmitm.gateway.proxied import PREFIX, ProxiedIntakeFactory, unwrapProxied
 from etpmitm.gateway.settings import GatewaySettings
 from etpmitm.interfaces import IAuditSink
 from etpmitm.gateway.origin import RELAY_BUFFER, TrustStoreError, system_bundle, upstream_context
@@ -97,7 +98,7 @@ class Options(usage.Options):
         ["backlog", None, DEFAULT_BACKLOG, "Accept queue of each listening socket (capped by net.core.somaxconn)", int],
         ["audit-log", None, None, "Also send the audit events (per connection and per request) to journald, syslog:unix:PATH, syslog:udp:HOST:PORT, syslog:tcp:HOST:PORT, or a FILE of JSON lines; SIGUSR1 reopens it"],
         ["metrics", None, None, "Serve Prometheus metrics at /metrics and a health check at /healthz on this endpoint (strports, e.g. tcp:9180:interface=127.0.0.1)"],
-        ["drain-timeout", None, 0.0, "On SIGTERM, stop accepting and give open connections this many seconds to end (0: cut them at once)", _notNegative],
+        ["drain-timeout", None, DEFAULT_DRAIN, "On SIGTERM, stop accepting at once and give open connections this many seconds to end (0: cut them at once)", _notNegative],
         ["worker-metrics", None, None, "Internal: the master's directory for the metrics of its workers"],
         ["list-interval", None, 5.0, "Seconds between checks of the threat list files for changes (0: only on SIGHUP)", float],
         ["threat-manifest", None, None, "Internal: the threat list tables to map, built by the master (--workers)"],
@@ -107,6 +108,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["worker-listen"] = []
+        self["worker-proxied"] = set()
         self["listen-note"] = None
 
     def opt_worker_listen(self, value: str) -> None:
@@ -116,8 +118,15 @@ class Options(usage.Options):
             raise usage.UsageError(f"--worker-listen takes a file descriptor and a backlog (FD:BACKLOG), not {value!r}")
         self["worker-listen"].append((int(fd), int(backlog)))
 
+    def opt_worker_proxied(self, value: str) -> None:
+        """Internal: INDEX, an inherited socket (by its --worker-listen order) that takes PROXY headers."""
+        if not value.isdigit():
+            raise usage.UsageError(f"--worker-proxied takes an index, not {value!r}")
+        self["worker-proxied"].add(int(value))
+
     def opt_listen(self, description: str) -> None:
-        """Endpoint to listen on (strports syntax; repeatable; default tcp6:8443:interface=\\:\\:, dual-stack)."""
+        """Endpoint to listen on (strports syntax; repeatable; default tcp6:8443:interface=\\:\\:, dual-stack).
+        haproxy:tcp:PORT takes connections from a load balancer that sends a PROXY header (v1 or v2)."""
         self["listen"].append(description)
 
     def postOptions(self) -> None:
@@ -216,12 +225,11 @@ class GatewayService(MultiService):
     after connections end (:mod:`etpmitm.memory`).
     """
 
-    def __init__(self, policy: PolicyHolder, master: MasterLink | None = None, drainTimeout: float = 0.0) -> None:
+    def __init__(self, policy: PolicyHolder, master: MasterLink | None = None) -> None:
         super().__init__()
         self.policy = policy
         self.master = master
         self.trimmer: Trimmer | None = None
-        self.drainTimeout = drainTimeout
         self.hangupHooks: list[Callable[[], object]] = []
         """Run after each SIGHUP's policy reload (the threat lists')."""
 
@@ -247,13 +255,9 @@ class GatewayService(MultiService):
             hook()
 
     def stopService(self) -> Any:
-        from twisted.internet import reactor
-
         if self.trimmer is not None:
             self.trimmer.stop()
-        Service.stopService(self)
-        # The listeners first (no new connection), then the drain, then the audit log.
-        return stopInOrder(self, _outlivesDrain, lambda: drain(cast(IReactorTime, reactor), audit.open_now, self.drainTimeout))
+        return super().stopService()
 
     def privilegedStartService(self) -> None:
         try:
@@ -330,16 +334,25 @@ def makeService(options: Options) -> IService:
     )
     settings = attrs.evolve(settings, layerFor=inspectingLayer(settings))
     factory = IntakeFactory(settings)
-    top = GatewayService(policy, link, options["drain-timeout"])
+    proxiedFactory = ProxiedIntakeFactory(settings)
+    top = GatewayService(policy, link)
     accepting.append(lambda: None if top.running else "not accepting")
     _withLists(top, keeper, policy, None)
+    admission = settings.admission
+    assert admission is not None
+    DrainService(cast(IReactorTime, reactor), lambda: admission.open, options["drain-timeout"]).setServiceParent(top)
     if link is not None:
-        AdoptedPorts(cast(IReactorSocket, reactor), options["worker-listen"], factory).setServiceParent(top)
+        inherited = options["worker-listen"]
+        for wanted, serving in ((False, factory), (True, proxiedFactory)):
+            fds = [fd for i, fd in enumerate(inherited) if (i in options["worker-proxied"]) is wanted]
+            if fds:
+                AdoptedPorts(cast(IReactorSocket, reactor), fds, serving).setServiceParent(top)
         log.info("etpmitm worker {pid} serving the master's sockets", pid=os.getpid())
         return top  # no --audit-log here: the master writes its workers' events
     for description in descriptions:
+        proxied, inner = unwrapProxied(description)
         try:
-            strports.service(description, factory).setServiceParent(top)
+            strports.service(inner, proxiedFactory if proxied else factory).setServiceParent(top)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     _logStart(options, directory, ca, bundle)
@@ -381,14 +394,9 @@ def _withMetrics(top: MultiService, setup: metricssetup.MetricsSetup | None) -> 
     return top
 
 
-def _outlivesDrain(service: IService) -> bool:
-    """Stopped after the drain (and, in the master, after the workers): the audit log."""
-    return isinstance(service, AuditLogService)
-
-
 def _withAuditLog(top: MultiService, auditLog: IAuditSink | None) -> MultiService:
     if auditLog is not None:
-        AuditLogService(auditLog).setServiceParent(top)
+        return StopsLast(top, AuditLogService(auditLog))  # open until the last drained connection's event
     return top
 
 
@@ -413,8 +421,9 @@ def _listenDescriptions(options: Options) -> list[str]:
     """The --listen descriptions, each with --backlog unless it names its own."""
     descriptions = []
     for description in options["listen"]:
+        proxied, inner = unwrapProxied(description)
         try:
-            descriptions.append(withBacklog(description, options["backlog"]))
+            descriptions.append((PREFIX if proxied else "") + withBacklog(inner, options["backlog"]))
         except (ValueError, KeyError, TypeError) as e:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     return descriptions
@@ -507,8 +516,7 @@ def _master(options: Options, descriptions: list[str], directory: Path, ca: Cert
         workerOptions += metricsSetup.workerOptions()
     if keeper is not None:
         workerOptions.append(f"--threat-manifest={keeper.directory / MANIFEST}")
-    top = MasterService(descriptions, options["workers"], workerOptions)
-    top.stopGrace = STOP_GRACE + options["drain-timeout"]
+    top = MasterService(descriptions, options["workers"], workerOptions, options["drain-timeout"])
     _logStart(options, directory, ca, bundle)
     return top
 
@@ -518,8 +526,8 @@ def _workerOptions(options: Options, directory: Path) -> list[str]:
     argv = [f"--ca-dir={directory.resolve()}"]
     trust = options["upstream-trust"]
     argv.append(f"--upstream-trust={trust if trust == 'system' else Path(trust).resolve()}")
-    for name in ("handshake-timeout", "connect-timeout", "idle-timeout", "relay-buffer", "leaf-key", "leaf-cache",
-                 "max-connections", "max-client-connections", "max-client-rate", "drain-timeout"):
+    for name in ("handshake-timeout", "connect-timeout", "idle-timeout", "drain-timeout", "relay-buffer", "leaf-key", "leaf-cache",
+                 "max-connections", "max-client-connections", "max-client-rate"):
         argv.append(f"--{name}={options[name]}")
     for name in ("passphrase-file", "policy"):
         if options[name] is not None:
@@ -530,19 +538,20 @@ def _workerOptions(options: Options, directory: Path) -> list[str]:
 class MasterService(MultiService):
     """Binds every ``--listen`` socket, then hands them to a :class:`WorkerPool`."""
 
-    def __init__(self, descriptions: list[str], workers: int, workerOptions: list[str]) -> None:
+    def __init__(self, descriptions: list[str], workers: int, workerOptions: list[str], drain: float = 0.0) -> None:
         super().__init__()
+        self._drain = drain
         self._descriptions = descriptions
         self._workers = workers
         self._workerOptions = workerOptions
         self.pool: WorkerPool | None = None
-        self.stopGrace = STOP_GRACE
 
     def privilegedStartService(self) -> None:
         from twisted.internet import reactor
 
         groups = []
-        for description in self._descriptions:
+        inners = [unwrapProxied(description)[1] for description in self._descriptions]
+        for description in inners:
             try:
                 groups.append(bindShared(description, self._workers))
             except CannotListenError as e:
@@ -551,18 +560,12 @@ class MasterService(MultiService):
                 raise StartupError(f"bad --listen {description!r}: {e}") from None
         # Worker i gets socket i of every group.
         sockets = [[group[i] for group in groups] for i in range(self._workers)]
-        backlogs = [tcpAddress(description).backlog for description in self._descriptions]
-        self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, backlogs, self._workerOptions)
-        self.pool.stopGrace = self.stopGrace
+        backlogs = [tcpAddress(description).backlog for description in inners]
+        proxied = [f"--worker-proxied={i}" for i, d in enumerate(self._descriptions) if unwrapProxied(d)[0]]
+        self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, backlogs, self._workerOptions + proxied,
+                               stopGrace=max(STOP_GRACE, self._drain + 5.0))
         self.pool.setServiceParent(self)
         super().privilegedStartService()
-
-    def stopService(self) -> Any:
-        """The workers first (they drain, and their last events come here), then the audit log."""
-        from twisted.internet.defer import succeed
-
-        Service.stopService(self)
-        return stopInOrder(self, _outlivesDrain, lambda: succeed(None))
 
 
 def _listenPorts(descriptions: list[str]) -> list[str]:

@@ -156,6 +156,7 @@ class WorkerPool(Service):
         backlogs: Sequence[int],
         options: Sequence[str],
         observer: ILogObserver = globalLogPublisher,
+        stopGrace: float = STOP_GRACE,
     ) -> None:
         """Worker *i* gets ``sockets[i]``; ``backlogs`` holds one per socket of a worker."""
         self._reactor = reactor
@@ -167,8 +168,7 @@ class WorkerPool(Service):
         self._restarts: dict[int, IDelayedCall] = {}
         self._delay = 1.0
         self._stopping = False
-        self.stopGrace = STOP_GRACE
-        """Seconds stopping workers get before they are killed (more with ``--drain-timeout``)."""
+        self._stopGrace = stopGrace
         self.hangup: Callable[[], object] | None = None
         """Also run (in the reactor) on each SIGHUP: the master's own reload."""
 
@@ -263,7 +263,7 @@ class WorkerPool(Service):
         workers = list(self._workers.values())
         for worker in workers:
             worker.transport.signalProcess("TERM")  # type: ignore[union-attr]
-        kill = self._clock().callLater(self.stopGrace, self._kill, workers)
+        kill = self._clock().callLater(self._stopGrace, self._kill, workers)
         done: Deferred[object] = DeferredList([w.ended for w in workers])  # type: ignore[assignment]
 
         def stopped(result: object) -> object:
@@ -276,7 +276,7 @@ class WorkerPool(Service):
     def _kill(self, workers: list[_Worker]) -> None:
         for worker in workers:
             if worker.transport is not None and worker.transport.pid:
-                log.warn("worker {slot} did not stop within {grace}s; killing it", slot=worker.slot, grace=self.stopGrace)
+                log.warn("worker {slot} did not stop within {grace}s; killing it", slot=worker.slot, grace=f"{self._stopGrace:g}")
                 worker.transport.signalProcess("KILL")
 
 

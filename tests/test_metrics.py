@@ -1,4 +1,4 @@
-"""Tests for etpmitm.metrics, etpmitm.health, etpmitm.metricsweb and etpmitm.drain, in memory."""
+"""Tests for etpmitm.metrics, etpmitm.health and etpmitm.metricsweb, in memory (the drain: tests/test_drain.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from etpmitm import metrics
 from etpmitm.admission import Admission, refusal_kind
 from etpmitm.audit import ConnectionRecord, open_now
 from etpmitm.ca import init_own_root, load_or_create_leaf_key
-from etpmitm.drain import drain
 from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.health import Health, MintCheck
 from etpmitm.http import RequestHead, RequestRecord
@@ -376,25 +375,3 @@ class HealthTests(TestCase):
         self.assertIn(b"# TYPE etpmitm_connections_total counter", text)
         self.assertTrue(request.responseHeaders.getRawHeaders(b"content-type")[0].startswith(b"text/plain; version="))
 
-
-class DrainTests(TestCase):
-    def test_endsWhenNothingIsOpen(self) -> None:
-        clock, count = Clock(), [2]
-        done = drain(clock, lambda: count[0], 10.0)
-        clock.advance(1)
-        self.assertNoResult(done)
-        count[0] = 0
-        clock.advance(0.1)
-        self.successResultOf(done)
-
-    def test_endsAtTheTimeout(self) -> None:
-        clock = Clock()
-        done = drain(clock, lambda: 1, 2.0)
-        clock.pump([0.1] * 19)
-        self.assertNoResult(done)
-        clock.pump([0.1] * 2)
-        self.successResultOf(done)
-
-    def test_noTimeoutNoWait(self) -> None:
-        self.successResultOf(drain(Clock(), lambda: 5, 0.0))
-        self.successResultOf(drain(Clock(), lambda: 0, 10.0))

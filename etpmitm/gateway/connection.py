@@ -47,6 +47,7 @@ from etpmitm.clienthello import ClientHello, NotTLS
 from etpmitm.gateway.device import deviceTLS
 from etpmitm.gateway.layers import OpaqueRelay, Pipe, Side
 from etpmitm.gateway.origdst import Destination
+from etpmitm.gateway.proxyheader import ProxyHeader
 from etpmitm.gateway.origin import (
     OriginCertificate,
     OriginError,
@@ -115,6 +116,9 @@ class DeviceSocket(TypingProtocol):
     @property
     def bufferedSize(self) -> int: ...
 
+    proxied: ProxyHeader | None
+    """What a balancer's PROXY header said (device and destination), if the listener takes one."""
+
     def handOver(self, protocol: IProtocol) -> None:
         """Give the socket to ``protocol``, replaying the bytes buffered so far."""
 
@@ -133,6 +137,9 @@ class Connection:
             started=settings.clock.seconds(),
         )
         self.client = unmap(peer.host)
+        if device.proxied is not None:  # behind a balancer: the device is the header's source
+            source = device.proxied.source
+            self.record.client, self.client = f"{source.ip}:{source.port}", source.ip
         self.destination: Destination | None = None
         self.hello: ClientHello | None = None
         self._timer: IDelayedCall | None = None
@@ -166,16 +173,23 @@ class Connection:
     def accepted(self) -> None:
         """The socket was accepted: where was it going?"""
         tcp = self._device.tcp
-        try:
-            dst = self.settings.originalDestination(tcp)
-        except OSError as e:
-            self._refuse(f"not redirected: no original destination ({e.strerror})")
-            return
-        self.record.destination = str(dst)
-        host = tcp.getHost()
-        if dst.port == host.port and dst.ip == unmap(host.host):
-            self._refuse("not redirected: addressed to the gateway's own listening address")
-            return
+        if self._device.proxied is not None:
+            dst = self._device.proxied.destination
+            self.record.destination = str(dst)
+            if dst.ip == unmap(tcp.getPeer().host):
+                self._refuse(f"addressed to the balancer itself ({dst}): its PROXY header names no original destination")
+                return
+        else:
+            try:
+                dst = self.settings.originalDestination(tcp)
+            except OSError as e:
+                self._refuse(f"not redirected: no original destination ({e.strerror})")
+                return
+            self.record.destination = str(dst)
+            host = tcp.getHost()
+            if dst.port == host.port and dst.ip == unmap(host.host):
+                self._refuse("not redirected: addressed to the gateway's own listening address")
+                return
         if self.settings.isLocal(dst.ip):
             self._refuse(f"addressed to the gateway itself ({dst}): it relays to no local service")
             return
