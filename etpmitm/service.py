@@ -32,8 +32,10 @@ from etpmitm.gateway.device import CachedLeafContexts
 from etpmitm.gateway.inspect import inspectingLayer
 from etpmitm.gateway.intake import IntakeFactory
 from etpmitm.gateway.policyholder import PolicyHolder
+from etpmitm.gateway.scanners import ScannerHolder
 from etpmitm.gateway.settings import GatewaySettings
 from etpmitm.gateway.origin import RELAY_BUFFER, TrustStoreError, system_bundle, upstream_context
+from etpmitm.icap.client import IcapScanner
 from etpmitm.keyfiles import KeyFileError, read_passphrase_file
 from etpmitm.learnedmessage import from_message, to_message
 from etpmitm.learning import Learned
@@ -188,15 +190,27 @@ def _certificateAuthority(options: Options, passphrase: bytes | None) -> tuple[P
 class GatewayService(MultiService):
     """The listeners; failing to listen ends start-up with one line.
 
-    SIGHUP reloads the policy file.  Freed memory goes back to the system
-    after connections end (:mod:`etpmitm.memory`).
+    SIGHUP reloads the policy file (and swaps the ICAP scanner when its
+    ``[icap]`` changed).  Freed memory goes back to the system after
+    connections end (:mod:`etpmitm.memory`).
     """
 
-    def __init__(self, policy: PolicyHolder, master: MasterLink | None = None) -> None:
+    def __init__(self, policy: PolicyHolder, master: MasterLink | None = None,
+                 scanners: ScannerHolder | None = None) -> None:
         super().__init__()
         self.policy = policy
         self.master = master
+        self.scanners = scanners
         self.trimmer: Trimmer | None = None
+
+    def reload(self) -> None:
+        """SIGHUP: reload the policy; a new scanner for new connections if ``[icap]`` changed."""
+        if not self.policy.reload() or self.scanners is None:
+            return
+        if self.scanners.update(self.policy.current.icap):
+            log.info("ICAP settings changed: new connections use {what}; the previous scanner closes once idle",
+                     what="the new scanner" if self.scanners.current is not None else "no scanner")
+            self.scanners.probe()
 
     def startService(self) -> None:
         super().startService()
@@ -206,9 +220,11 @@ class GatewayService(MultiService):
             self.master.start()
         self.trimmer = Trimmer(cast(IReactorTime, reactor), audit.ended, mallocTrim())
         self.trimmer.start()
+        if self.scanners is not None:
+            self.scanners.probe()  # a server down is a warning: each scan applies on_error
 
         def onHangup(signum: int, frame: object) -> None:
-            reactor.callFromThread(self.policy.reload)  # type: ignore[attr-defined]
+            reactor.callFromThread(self.reload)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGHUP, onHangup)
         # A worker starts with SIGHUP blocked (etpmitm.workers): ready now.
@@ -217,6 +233,8 @@ class GatewayService(MultiService):
     def stopService(self) -> Any:
         if self.trimmer is not None:
             self.trimmer.stop()
+        if self.scanners is not None:
+            self.scanners.close()
         return super().stopService()
 
     def privilegedStartService(self) -> None:
@@ -262,6 +280,8 @@ def makeService(options: Options) -> IService:
     link: MasterLink | None = None
     if options["worker-listen"]:
         link = MasterLink(reactor, lambda message: _learnedByAnother(policy, message))
+    scanners = ScannerHolder(lambda icap: IcapScanner(icap, cast(IReactorTime, reactor)))
+    scanners.update(policy.current.icap)
     settings = GatewaySettings(
         reactor=cast(IReactorTCP, reactor),
         clock=cast(IReactorTime, reactor),
@@ -275,10 +295,11 @@ def makeService(options: Options) -> IService:
         relayBuffer=options["relay-buffer"],
         shareLearned=_shareLearned(link),
         admission=_admission(options),
+        scanners=scanners,
     )
     settings = attrs.evolve(settings, layerFor=inspectingLayer(settings))
     factory = IntakeFactory(settings)
-    top = GatewayService(policy, link)
+    top = GatewayService(policy, link, scanners)
     if link is not None:
         AdoptedPorts(cast(IReactorSocket, reactor), options["worker-listen"], factory).setServiceParent(top)
         log.info("etpmitm worker {pid} serving the master's sockets", pid=os.getpid())
