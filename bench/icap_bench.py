@@ -156,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size_mib >= 290:
         parser.error("--size-mib must stay below the lab's 300M scan limits")
+    busy = lab.busy_fraction()
     report = run(args)
+    report["background_busy"] = busy
     median = report["median"]
-    print(f"\n{args.size_mib} MiB download, HTTP/1.1, one connection; median of {args.rounds} rounds")
+    print(f"\n{args.size_mib} MiB download, HTTP/1.1, one connection; median of {args.rounds} rounds; "
+          f"background CPU busy before the run {100 * busy:.0f} %")
     print(f"{'':10}{'MB/s':>8}{'gateway ms CPU/MB':>20}{'c-icap+clamd ms CPU/MB':>25}")
     for mode, label in (("direct", "direct"), ("off", "ICAP off"), ("on", "ICAP on")):
         m = median[mode]
