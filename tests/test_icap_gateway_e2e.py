@@ -145,17 +145,17 @@ class ScanningGatewayTests(TestCase):
         threat, never the file; each audit event has the scan; both workers scanned."""
         self.use(policy(self.icap.url))
         offset = self.offset()
-        for protocol in ["http1.1", "http2"] * 6:
+        for protocol in ["http1.1", "http2"] * 8:
             status, body = self.get(protocol, "/eicar.com")
             self.assertEqual(status, 403, body[:300])
             self.assertIn(self.icap.threat.encode(), body)
             self.assertNotIn(eicar(), body)
-        events = self.requests(offset, "/eicar.com", 12)
-        self.assertEqual(sorted(e["protocol"] for e in events), ["h2"] * 6 + ["http/1.1"] * 6)
+        events = self.requests(offset, "/eicar.com", 16)
+        self.assertEqual(sorted(e["protocol"] for e in events), ["h2"] * 8 + ["http/1.1"] * 8)
         for event in events:
             self.assertInfected(event, "respmod")
         workers = {e["connection"].partition("-")[0] for e in events}
-        self.assertEqual(len(workers), 2, "12 connections should have reached both workers")
+        self.assertEqual(len(workers), 2, "16 connections should have reached both workers")
         self.assertIn(f"VIRUS DETECTED: {self.icap.threat}", self.icap.server_log.read_text())
 
     def test_clean50MiBIsByteIdentical(self) -> None:
