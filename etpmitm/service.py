@@ -208,7 +208,7 @@ class GatewayService(MultiService):
         if not self.policy.reload() or self.scanners is None:
             return
         if self.scanners.update(self.policy.current.icap):
-            log.info("ICAP settings changed: new connections use {what}; the previous scanner closes once idle",
+            log.info("ICAP settings changed: new connections use {what}; open connections keep theirs",
                      what="the new scanner" if self.scanners.current is not None else "no scanner")
             self.scanners.probe()
 

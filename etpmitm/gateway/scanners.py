@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -98,7 +98,7 @@ class ScannerHolder:
         """Use *settings* from now on; whether that changed the scanner.
 
         Unchanged settings keep the scanner (and its warm connections)."""
-        if settings == self.settings and (settings is None) == (self._current is None):
+        if settings == self.settings:
             return False
         old = self._current
         self.settings = settings
@@ -113,7 +113,7 @@ class ScannerHolder:
         for each that does not answer (scans then get ``on_error``)."""
         tracked, settings = self._current, self.settings
         if tracked is None:
-            return Deferred.fromCoroutine(_nothing())
+            return succeed(None)
 
         def report(problems: list[str]) -> None:
             for problem in problems:
@@ -131,10 +131,6 @@ class ScannerHolder:
         for tracked in [*self.retired, *([self._current] if self._current is not None else [])]:
             tracked.scanner.close()
         self.retired = []
-
-
-async def _nothing() -> None:
-    return None
 
 
 def _on_error(settings: IcapSettings | None) -> str:
