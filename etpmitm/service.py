@@ -35,9 +35,11 @@ from etpmitm.gateway.inspect import inspectingLayer
 from etpmitm.gateway.intake import IntakeFactory
 from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.gateway.proxied import PREFIX, ProxiedIntakeFactory, unwrapProxied
+from etpmitm.gateway.scanners import ScannerHolder
 from etpmitm.gateway.settings import GatewaySettings
 from etpmitm.interfaces import IAuditSink
 from etpmitm.gateway.origin import RELAY_BUFFER, TrustStoreError, system_bundle, upstream_context
+from etpmitm.icap.client import IcapScanner
 from etpmitm.keyfiles import KeyFileError, read_passphrase_file
 from etpmitm.learnedmessage import from_message, to_message
 from etpmitm.learning import Learned
@@ -221,17 +223,32 @@ def _certificateAuthority(options: Options, passphrase: bytes | None) -> tuple[P
 class GatewayService(MultiService):
     """The listeners; failing to listen ends start-up with one line.
 
-    SIGHUP reloads the policy file.  Freed memory goes back to the system
-    after connections end (:mod:`etpmitm.memory`).
+    SIGHUP reloads the policy file (and swaps the ICAP scanner when its
+    ``[icap]`` changed).  Freed memory goes back to the system after
+    connections end (:mod:`etpmitm.memory`).
     """
 
-    def __init__(self, policy: PolicyHolder, master: MasterLink | None = None) -> None:
+    def __init__(self, policy: PolicyHolder, master: MasterLink | None = None,
+                 scanners: ScannerHolder | None = None) -> None:
         super().__init__()
         self.policy = policy
         self.master = master
+        self.scanners = scanners
         self.trimmer: Trimmer | None = None
         self.hangupHooks: list[Callable[[], object]] = []
         """Run after each SIGHUP's policy reload (the threat lists')."""
+
+    def reload(self) -> None:
+        """SIGHUP: reload the policy and the threat lists; a new scanner for new connections if ``[icap]`` changed."""
+        reloaded = self.policy.reload()
+        for hook in self.hangupHooks:
+            hook()
+        if not reloaded or self.scanners is None:
+            return
+        if self.scanners.update(self.policy.current.icap):
+            log.info("ICAP settings changed: new connections use {what}; open connections keep theirs",
+                     what="the new scanner" if self.scanners.current is not None else "no scanner")
+            self.scanners.probe()
 
     def startService(self) -> None:
         super().startService()
@@ -241,22 +258,22 @@ class GatewayService(MultiService):
             self.master.start()
         self.trimmer = Trimmer(cast(IReactorTime, reactor), audit.ended, mallocTrim())
         self.trimmer.start()
+        if self.scanners is not None:
+            self.scanners.probe()  # a server down is a warning: each scan applies on_error
 
         def onHangup(signum: int, frame: object) -> None:
-            reactor.callFromThread(self._reload)  # type: ignore[attr-defined]
+            reactor.callFromThread(self.reload)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGHUP, onHangup)
         # A worker starts with SIGHUP blocked (etpmitm.workers): ready now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
-    def _reload(self) -> None:
-        self.policy.reload()
-        for hook in self.hangupHooks:
-            hook()
 
     def stopService(self) -> Any:
         if self.trimmer is not None:
             self.trimmer.stop()
+        if self.scanners is not None:
+            self.scanners.close()
         return super().stopService()
 
     def privilegedStartService(self) -> None:
@@ -318,6 +335,8 @@ def makeService(options: Options) -> IService:
     link: MasterLink | None = None
     if options["worker-listen"]:
         link = MasterLink(reactor, lambda message: _fromMaster(policy, options["threat-manifest"], message))
+    scanners = ScannerHolder(lambda icap: IcapScanner(icap, cast(IReactorTime, reactor)))
+    scanners.update(policy.current.icap)
     settings = GatewaySettings(
         reactor=cast(IReactorTCP, reactor),
         clock=cast(IReactorTime, reactor),
@@ -331,11 +350,12 @@ def makeService(options: Options) -> IService:
         relayBuffer=options["relay-buffer"],
         shareLearned=_shareLearned(link),
         admission=_admission(options),
+        scanners=scanners,
     )
     settings = attrs.evolve(settings, layerFor=inspectingLayer(settings))
     factory = IntakeFactory(settings)
     proxiedFactory = ProxiedIntakeFactory(settings)
-    top = GatewayService(policy, link)
+    top = GatewayService(policy, link, scanners)
     accepting.append(lambda: None if top.running else "not accepting")
     _withLists(top, keeper, policy, None)
     admission = settings.admission

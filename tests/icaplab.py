@@ -64,8 +64,12 @@ class IcapLab:
 
     service = "avscan"
 
-    def __init__(self, ns: Namespace, workdir: Path, address: str = "127.0.0.1", port: int = 1344) -> None:
+    def __init__(self, ns: Namespace, workdir: Path, address: str = "127.0.0.1", port: int = 1344,
+                 max_size: str = "200M") -> None:
         self.ns = ns
+        self.max_size = max_size
+        """clamd's MaxFileSize, MaxScanSize, StreamMaxLength and c-icap's
+        virus_scan.MaxObjectSize: bodies above it are not scanned."""
         self.dir = Path(workdir)
         self.address = address
         self.port = port
@@ -136,9 +140,9 @@ class IcapLab:
             "User root\n"
             "LogTime yes\n"
             "SelfCheck 0\n"
-            "MaxFileSize 200M\n"
-            "MaxScanSize 200M\n"
-            "StreamMaxLength 200M\n"
+            f"MaxFileSize {self.max_size}\n"
+            f"MaxScanSize {self.max_size}\n"
+            f"StreamMaxLength {self.max_size}\n"
         )
         self.clamd = self.ns.popen(["clamd", "--config-file", conf])
         deadline = time.monotonic() + 60
@@ -194,7 +198,7 @@ class IcapLab:
             "virus_scan.StartSendPercentDataAfter 0\n"
             "virus_scan.Allow204Responces on\n"
             "virus_scan.PassOnError off\n"
-            "virus_scan.MaxObjectSize 200M\n"
+            f"virus_scan.MaxObjectSize {self.max_size}\n"
             "virus_scan.DefaultEngine clamd\n"
         )
         self.cicap = self.ns.popen(["c-icap", "-N", "-D", "-d", "1", "-f", conf])

@@ -321,3 +321,39 @@ class SizeTests(ClientTestCase):
         result = self.drive(d)
         self.assertEqual(result.outcome, "clean")
         self.assertEqual(bytes(self.log.scans()[0].body), data)
+
+
+class ProbeTests(ClientTestCase):
+    """``probe``: the start-up check that the services answer OPTIONS."""
+
+    def probe(self, scanner: IcapScanner) -> list[str]:
+        d = scanner.probe()
+        for _ in range(600):
+            self.net.flush()
+            if d.called:
+                break
+            self.clock.advance(0.1)
+        return self.successResultOf(d)
+
+    def test_answering_services(self) -> None:
+        scanner, _ = self.scanner()
+        self.assertEqual(self.probe(scanner), [])
+        self.assertEqual([r.method for r in self.log.requests], ["OPTIONS", "OPTIONS"])  # reqmod and respmod
+        self.drive(scanner.scan(self.respmod(b"x" * 100)))
+        self.assertEqual([r.method for r in self.log.requests].count("OPTIONS"), 2)  # kept: not asked again
+        self.assertEqual(scanner.pool("respmod").count, 1)  # the probe's connection is reused
+
+    def test_refused(self) -> None:
+        scanner, _ = self.scanner(mode="refuse")
+        problems = self.probe(scanner)
+        self.assertEqual(len(problems), 2, problems)
+        self.assertTrue(problems[0].startswith("reqmod icap://192.0.2.10:1344/reqmod: "), problems)
+        self.assertTrue(problems[1].startswith("respmod icap://192.0.2.10:1344/respmod: "), problems)
+        self.assertIn("refused", problems[1])
+
+    def test_stalled_options(self) -> None:
+        scanner, _ = self.scanner("stall-options", timeout=3)
+        problems = self.probe(scanner)
+        self.assertEqual(len(problems), 2, problems)
+        self.assertIn("no answer within the timeout of 3s", problems[0])
+        self.assertEqual(scanner.pool("respmod").count, 0)  # the stalled connection is dropped

@@ -46,7 +46,7 @@ def inspectingLayer(
             return OpaqueRelay()
         rule = judge or connectionJudge
 
-        scanner = settings.scanner
+        scanner = settings.currentScanner()
 
         def http1() -> ILayer:
             if scanner is not None:

@@ -16,6 +16,7 @@ from etpmitm.addresses import IPAddress
 from etpmitm.gateway.origdst import Destination, LocalAddresses, transportDestination
 from etpmitm.gateway.origin import RELAY_BUFFER, OriginCertificates, OriginSessions
 from etpmitm.gateway.policyholder import PolicyHolder
+from etpmitm.gateway.scanners import ScannerHolder
 from etpmitm.http import Judge
 from etpmitm.interfaces import ILayer
 from etpmitm.lru import LRUCache
@@ -65,4 +66,12 @@ class GatewaySettings:
     admission: Admission | None = None
     """Connection limits (``--max-connections`` and friends); None: no limits."""
     scanner: IContentScanner | None = None
-    """The content scanner (ICAP, ``[icap]``) the HTTP layers hold messages for; None: no scanning."""
+    """A fixed content scanner the HTTP layers hold messages for (tests); None: see ``scanners``."""
+    scanners: ScannerHolder | None = None
+    """The scanner of the policy's ``[icap]``, swapped on reload (the service sets it; it wins over ``scanner``)."""
+
+    def currentScanner(self) -> IContentScanner | None:
+        """The scanner for a connection starting now (it keeps it); None: no scanning."""
+        if self.scanners is not None:
+            return self.scanners.current
+        return self.scanner

@@ -130,16 +130,44 @@ class IcapScanner:
 
         def failed(failure: Failure) -> ScanResult:
             duration = self._reactor.seconds() - started
-            if failure.check(DeferredTimeout):
-                why = f"no answer within the timeout of {self.settings.timeout:g}s"
-            elif failure.check(IcapError):
-                why = str(failure.value)
-            else:
-                why = f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
+            why = self._why(failure)
             service.options = None  # learn them again: the server may have changed
             return self._error(job, url, why, duration)
 
         return exchange.addCallbacks(answered, failed)
+
+    def _why(self, failure: Failure) -> str:
+        if failure.check(DeferredTimeout):
+            return f"no answer within the timeout of {self.settings.timeout:g}s"
+        if failure.check(IcapError):
+            return str(failure.value)
+        return f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
+
+    def probe(self) -> Deferred[list[str]]:
+        """Ask each service for its OPTIONS now (and keep them); the problems, one line each."""
+
+        async def probeAll() -> list[str]:
+            problems = []
+            for kind, service in self._services.items():
+                asked = Deferred.fromCoroutine(self._probe(service))
+                asked.addTimeout(self.settings.timeout, self._reactor)
+                try:
+                    await asked
+                except Exception:
+                    problems.append(f"{kind} {service.url}: {self._why(Failure())}")
+            return problems
+
+        return Deferred.fromCoroutine(probeAll())
+
+    async def _probe(self, service: _Service) -> None:
+        conn = await service.pool.acquire()
+        answered = False
+        try:
+            service.options = None
+            await self._options(service, conn)
+            answered = True
+        finally:
+            service.pool.release(conn, answered)
 
     def _error(self, job: ScanJob, service: str, why: str, duration: float) -> ScanResult:
         verdict: Verdict = "pass" if self.settings.on_error == "allow" else "block"
