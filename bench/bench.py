@@ -2,7 +2,7 @@
 
 Run from the repository root, as root (it builds network namespaces)::
 
-    .venv/bin/python bench/bench.py [--quick] [--json OUT] [--profile DIR] [--workers N|auto] [--learning] [--inspect on|off] [--gateway-arg ARG]
+    .venv/bin/python bench/bench.py [--quick] [--json OUT] [--profile DIR] [--workers N|auto] [--learning] [--inspect on|off] [--metrics on|off] [--peer sslsplit] [--gateway-arg ARG]
 
 One namespace lab (tests/lab.py, tests/gatewaylab.py): the client namespace
 runs the load generators, the gateway namespace runs ``twistd -n etpmitm``
@@ -85,6 +85,7 @@ class Settings:
     gateway_args: tuple[str, ...] = ()  # added to the gateway's command line (default: none)
     learning: bool = False  # keep the gateway's learned bypasses on (see bench_policy)
     inspect: str | None = None  # "on" or "off": the policy's [inspect] http (default: the gateway's)
+    metrics: str = "off"  # "on": the gateway serves --metrics (on the gateway's loopback) during the loads
     peers: tuple[str, ...] = ()  # other proxies run after etpmitm in its place (bench/peers.py)
 
     @classmethod
@@ -459,6 +460,7 @@ def bench_lab(settings: Settings) -> Iterator[Bench]:
             args = [
                 *bench_policy(env.lab.workdir, settings.learning, settings.inspect),
                 f"--workers={settings.workers}",
+                *(["--metrics=tcp:9180:interface=127.0.0.1"] if settings.metrics == "on" else []),
                 *settings.gateway_args,
             ]
             print(f"gateway arguments beyond the lab's: {args}", flush=True)
@@ -935,8 +937,21 @@ def run_loads(bench: Bench, settings: Settings) -> Results:
     comparisons["ttfb_p50"], comparisons["ttfb_p99"] = ttfb(bench, settings)
     print("memory ...", flush=True)
     mem = memory(bench, settings, idle_start)
+    if settings.metrics == "on" and bench.system == "etpmitm":
+        print_scrape(bench)
     judge(comparisons)
     return comparisons, mem
+
+
+def print_scrape(bench: Bench) -> None:
+    """--metrics on: one scrape after the loads, to show what was counted."""
+    done = bench.env.lab.gateway.run(["curl", "-sS", "--max-time", "10", "http://127.0.0.1:9180/metrics"], check=False)
+    totals: dict[str, float] = {}
+    for line in done.stdout.splitlines():
+        name = line.partition("{")[0].partition(" ")[0]
+        if name in ("etpmitm_connections_total", "etpmitm_http_requests_total"):
+            totals[name] = totals.get(name, 0.0) + float(line.rpartition(" ")[2])
+    print(f"metrics scrape after the loads: {dict(totals)}", flush=True)
 
 
 def per_unit(comparisons: dict[str, Comparison], mem: dict[str, Any]) -> dict[str, float]:
@@ -1006,7 +1021,7 @@ def main_bench(args: argparse.Namespace) -> int:
     settings = replace(
         Settings.quick() if args.quick else Settings(),
         profile=args.profile, gateway_args=tuple(args.gateway_arg), learning=args.learning,
-        workers=args.workers, inspect=args.inspect, peers=tuple(args.peer),
+        workers=args.workers, inspect=args.inspect, metrics=args.metrics, peers=tuple(args.peer),
     )
     command = shlex.join([sys.executable, *sys.argv])
     host = machine()
@@ -1095,6 +1110,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--inspect", choices=("on", "off"),
         help="the policy's [inspect] http: HTTP inspection on or off (default: the gateway's default)",
+    )
+    parser.add_argument(
+        "--metrics", choices=("on", "off"), default="off",
+        help="the gateway's --metrics: on serves /metrics (scraped once at the end), off (default) counts nothing",
     )
     parser.add_argument(
         "--peer", action="append", default=[], choices=sorted(peers.PEERS),

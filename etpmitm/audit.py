@@ -14,14 +14,22 @@ from typing import Any, Literal
 import attrs
 from twisted.logger import Logger
 
+from etpmitm import metrics
+
 log = Logger(namespace="etpmitm.audit")
 _ids = itertools.count(1)
 _ended = 0
+_started = 0
 
 
 def ended() -> int:
     """How many connections this process has audited (ended) so far."""
     return _ended
+
+
+def open_now() -> int:
+    """Connections this process has begun (made a record for) and not yet audited."""
+    return _started - _ended
 
 Action = Literal["intercept", "splice", "block", "close", "refuse"]
 """intercept: decrypted and relayed; splice: passed through as raw TCP;
@@ -35,7 +43,7 @@ Outcome = Literal["ok", "refused", "error"]
 _FORMAT = (
     "{client} -> {destination} sni={sni_text} action={action} outcome={outcome} "
     "reason={reason!r} policy={policy!r} alpn={alpn_text} up={bytes_up} down={bytes_down} "
-    "duration={duration_text}s id={id} pid={pid}"
+    "duration={duration_text}s category={category_text} id={id} pid={pid}"
 )
 
 
@@ -76,11 +84,18 @@ class ConnectionRecord:
     bytes_up: int = 0
     bytes_down: int = 0
     duration: float = 0.0
+    category: str | None = None
+    """The threat list that matched (:mod:`etpmitm.threat`), if any."""
     pid: int = attrs.field(factory=os.getpid)
     """The process (with ``--workers``, the worker) that handled it."""
     id: str = attrs.field(factory=lambda: f"{os.getpid():x}-{next(_ids):x}")
     """Unique per connection on this host: the per-request events carry it."""
     _emitted: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        global _started
+        _started += 1
+        metrics.current.connectionOpened()
 
     def fail(self, reason: str) -> None:
         """Record the first failure; later ones are consequences."""
@@ -111,6 +126,7 @@ class ConnectionRecord:
         # The fields stay as they are (--audit-log writes them as JSON); the
         # line gets log-safe words.
         fields["sni_text"], fields["alpn_text"] = token(self.sni), token(self.alpn)
+        fields["category_text"] = token(self.category)
         # Formatted here: a format spec does not survive a worker's event
         # passing to the master as JSON (Twisted flattens it unformatted).
         fields["duration_text"] = f"{self.duration:.3f}"
@@ -118,3 +134,4 @@ class ConnectionRecord:
             log.info(_FORMAT, **fields)
         else:
             log.warn(_FORMAT, **fields)
+        metrics.current.connectionEnded(self)

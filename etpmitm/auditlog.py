@@ -10,6 +10,10 @@ rest), so no value can split a line.
 With ``--workers`` only the master writes: workers send it their events
 (:mod:`etpmitm.worker`), and :class:`etpmitm.workers.WorkerPool` replays them
 to the master's observers, this one among them.
+
+The file is one :class:`etpmitm.interfaces.IAuditSink`; ``journald`` and
+``syslog:ADDRESS`` are others (:mod:`etpmitm.auditsinks`), and
+:class:`AuditLogService` runs any of them.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.logger import ILogObserver, LogEvent, LogPublisher, Logger, globalLogPublisher
+from twisted.internet.defer import Deferred
+from twisted.logger import ILogObserver, LogEvent, LogLevel, LogPublisher, Logger, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
 from etpmitm.audit import ConnectionRecord
 from etpmitm.http import RequestRecord
+from etpmitm.interfaces import IAuditSink
 
-__all__ = ["AuditLogError", "AuditLogFile", "AuditLogService", "auditRecord"]
+__all__ = ["AuditLogError", "AuditLogFile", "AuditLogService", "AuditObserver", "auditRecord", "severity"]
 
 log = Logger()
 
@@ -67,6 +73,28 @@ def auditRecord(event: LogEvent) -> dict[str, Any] | None:
     return record
 
 
+_SEVERITIES = {LogLevel.debug: 7, LogLevel.info: 6, LogLevel.warn: 4, LogLevel.error: 3, LogLevel.critical: 2}
+
+
+def severity(event: LogEvent) -> int:
+    """The syslog severity of an event's ``log_level`` (informational if it has none)."""
+    level = event.get("log_level")
+    return next((number for known, number in _SEVERITIES.items() if level is known), 6)
+
+
+@implementer(ILogObserver)
+class AuditObserver:
+    """A log observer that hands each audit event to an :class:`IAuditSink`."""
+
+    def __init__(self, sink: IAuditSink) -> None:
+        self.sink = sink
+
+    def __call__(self, event: LogEvent) -> None:
+        record = auditRecord(event)
+        if record is not None:
+            self.sink.write(record, formatEvent(event), severity(event))
+
+
 def _iso(when: object) -> str | None:
     if not isinstance(when, int | float):
         return None
@@ -94,9 +122,9 @@ def _open(path: Path) -> int:
     raise AuditLogError(f"cannot open --audit-log {path}: it keeps appearing and vanishing")
 
 
-@implementer(ILogObserver)
+@implementer(ILogObserver, IAuditSink)
 class AuditLogFile:
-    """A log observer that appends the audit events to a file as JSON lines."""
+    """Appends the audit events to a file as JSON lines (also a log observer itself)."""
 
     def __init__(self, path: Path) -> None:
         """Open *path* (raises :class:`AuditLogError`)."""
@@ -105,14 +133,15 @@ class AuditLogFile:
         self._failing = False
 
     def __call__(self, event: LogEvent) -> None:
-        record = auditRecord(event)
-        if record is not None:
-            self.write(json.dumps(record, default=str, separators=(",", ":")) + "\n")
+        AuditObserver(self)(event)
 
-    def write(self, line: str) -> None:
+    def start(self) -> None:
+        """Nothing to do: the file is open."""
+
+    def write(self, record: dict[str, Any], message: str = "", severity: int = 6) -> None:
         if self._fd is None:
             return
-        data = line.encode("ascii")
+        data = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode("ascii")
         try:
             while data:
                 data = data[os.write(self._fd, data):]
@@ -144,20 +173,22 @@ class AuditLogFile:
 
 
 class AuditLogService(Service):
-    """Observes the log while running; SIGUSR1 reopens the file.
+    """Observes the log while running, for one :class:`IAuditSink`; SIGUSR1 reopens it.
 
     A SIGUSR1 handler that was there before (twistd's, which rotates
     ``--logfile``) is still called.
     """
 
-    def __init__(self, auditLog: AuditLogFile, publisher: LogPublisher = globalLogPublisher) -> None:
+    def __init__(self, auditLog: IAuditSink, publisher: LogPublisher = globalLogPublisher) -> None:
         self.auditLog = auditLog
+        self._observer = AuditObserver(auditLog)
         self._publisher = publisher
         self._previous: _Handler = None
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        self._publisher.addObserver(self.auditLog)
+        self.auditLog.start()
+        self._publisher.addObserver(self._observer)
         self._previous = signal.getsignal(signal.SIGUSR1)
         signal.signal(signal.SIGUSR1, self._onUSR1)
 
@@ -168,9 +199,10 @@ class AuditLogService(Service):
         if callable(self._previous):
             self._previous(signum, frame)
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None] | None:
         super().stopService()  # type: ignore[no-untyped-call]
         if signal.getsignal(signal.SIGUSR1) == self._onUSR1:
             signal.signal(signal.SIGUSR1, self._previous if self._previous is not None else signal.SIG_DFL)
-        self._publisher.removeObserver(self.auditLog)
-        self.auditLog.close()
+        self._publisher.removeObserver(self._observer)
+        closed = self.auditLog.close()
+        return closed if isinstance(closed, Deferred) else None

@@ -61,7 +61,7 @@ p.help {{ color: #52525b; font-size: .9rem; margin-top: 2rem; }}
 <dl>
 <dt>Site</dt><dd>{host}</dd>
 <dt>Reason</dt><dd>{reason}</dd>
-<dt>Kind</dt><dd>{kind}</dd>
+<dt>Kind</dt><dd>{kind}</dd>{category}
 </dl>
 <p class="help">If you need this site for your work, contact your IT help desk and tell them what this page says.</p>
 </main>
@@ -77,9 +77,12 @@ def _text(value: str, limit: int) -> str:
     return html.escape("".join(c if c.isprintable() else "\ufffd" for c in value), quote=True)
 
 
-def render_html(host: str, reason: str, kind: str) -> bytes:
-    """A small self-contained UTF-8 page naming ``host`` and ``reason`` (all input escaped)."""
+def render_html(host: str, reason: str, kind: str, category: str | None = None) -> bytes:
+    """A small self-contained UTF-8 page naming ``host`` and ``reason`` (all input escaped),
+    and the threat list's ``category`` if there is one."""
+    shown = "" if category is None else f"\n<dt>Category</dt><dd>{_text(category, _MAX_KIND)}</dd>"
     page = _TEMPLATE.format(
+        category=shown,
         title=html.escape(TITLE),
         explanation=html.escape(_EXPLANATIONS.get(kind, _DEFAULT_EXPLANATION)),
         host=_text(host or "(unknown)", _MAX_HOST),
@@ -104,10 +107,10 @@ class BlockResponse:
 
     @classmethod
     def render(
-        cls, host: str, reason: str, kind: str, *, status: int = 502
+        cls, host: str, reason: str, kind: str, *, status: int = 502, category: str | None = None
     ) -> BlockResponse:
         """The response carrying :func:`render_html` of these arguments."""
-        return cls(render_html(host, reason, kind), kind, status)
+        return cls(render_html(host, reason, kind, category), kind, status)
 
     def headers(self) -> list[tuple[str, str]]:
         """Header fields shared by HTTP/1.1 and HTTP/2 (no connection-specific ones)."""

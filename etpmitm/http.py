@@ -13,6 +13,8 @@ from typing import Any, Callable, Literal
 import attrs
 from twisted.logger import Logger
 
+from etpmitm import metrics
+
 log = Logger(namespace="etpmitm.audit.request")
 
 RequestAction = Literal["allow", "block", "refuse"]
@@ -57,6 +59,8 @@ class RequestVerdict:
     action: Literal["allow", "block"]
     reason: str
     rule: str | None = None
+    category: str | None = None
+    """The threat list that matched, if any (:mod:`etpmitm.threat.judge`)."""
 
 
 ALLOW = RequestVerdict("allow", "no request rule matched")
@@ -84,6 +88,8 @@ class RequestRecord:
     action: RequestAction = "allow"
     reason: str = ""
     rule: str | None = None
+    category: str | None = None
+    """The threat list that matched the request, if any."""
     status: int | None = None
     response_content_type: str | None = None
     bytes_up: int = 0
@@ -93,6 +99,9 @@ class RequestRecord:
     duration: float = 0.0
     upgrade: str | None = None
     """The protocol switched to after a 101 (``websocket``), if any."""
+    scan: list[dict[str, Any]] | None = None
+    """The content scans of this request (``etpmitm.gateway.scanhold.audit``): kind, service,
+    istag, result, threat, duration; None when nothing was scanned."""
     log_query: bool = False
     """Whether the audit event keeps the query string (``[audit] query``)."""
     _emitted: bool = False
@@ -119,3 +128,4 @@ class RequestRecord:
             "request {connection}/{stream} {method} {url} -> {status} action={action} reason={reason!r}",
             method=self.head.method, url=self.head.url, **self.fields(),
         )
+        metrics.current.requestEnded(self)

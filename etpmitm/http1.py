@@ -50,6 +50,7 @@ class Exchange:
     action: RequestAction = "allow"
     reason: str = ""
     rule: str | None = None
+    category: str | None = None
     status: int | None = None
     content_type: str | None = None
     bytes_up: int = 0
@@ -325,7 +326,7 @@ class HTTP1Observer:
             self._refuse(ex, 405, "CONNECT inside TLS is not relayed")
             return
         verdict = self._judge(head)
-        ex.reason, ex.rule = verdict.reason, verdict.rule
+        ex.reason, ex.rule, ex.category = verdict.reason, verdict.rule, verdict.category
         if verdict.action != "allow":
             ex.action = "block"
             self._began(ex)
@@ -431,7 +432,7 @@ class HTTP1Observer:
 
     def _block(self, ex: Exchange, verdict: RequestVerdict) -> None:
         why = verdict.reason + (f" (rule {verdict.rule})" if verdict.rule else "")
-        page = BlockResponse.render(ex.head.url, why, "policy", status=403)
+        page = BlockResponse.render(ex.head.url, why, "policy", status=403, category=verdict.category)
         # A device waiting for 100-continue will not send its body: the framing is lost.
         close = self._up.they_are_waiting_for_100_continue
         self._answer(ex, 403, page, close=close)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from zope.interface import Attribute, Interface
 
 
@@ -32,6 +34,13 @@ class ILayerLink(Interface):
     def resumeReading(side: str) -> None:
         """Read from ``side`` again."""
 
+    def whenDrained(side: str, callback: Callable[[], None]) -> bool:
+        """If ``side`` is not keeping up with what it was sent (its peer stopped
+        being read), call ``callback()`` once it drains and return True; else
+        return False (send on).  A layer that releases held bytes paces itself
+        with it; it works only for a layer whose ``paced`` attribute is true
+        when the link starts it (others always get False)."""
+
     def fail(reason: str) -> None:
         """Record why this connection is an error (first reason wins), without closing it."""
 
@@ -52,6 +61,11 @@ class ILayer(Interface):
     them on, hold them, answer the device itself, or end the connection,
     through its :class:`ILayerLink`.  The opaque relay is the default layer;
     the HTTP inspectors are others.  Methods must not block.
+
+    A layer may also have ``holdsFor(side) -> bool``: while it is true, a
+    side whose peer closed cleanly is left open for the layer to pass on what
+    it holds (a message held for a content scan); the layer's
+    ``endToDevice``/``endToOrigin`` (or ``close``) then closes it.
     """
 
     name = Attribute("A short name for the audit log, such as 'opaque'.")
@@ -73,3 +87,35 @@ class ILayer(Interface):
 
     def closed() -> None:
         """Both sides are gone; release what the layer holds."""
+
+
+class IAuditSink(Interface):
+    """Where ``--audit-log`` sends the audit events: a file, the journal, syslog, or your own.
+
+    The gateway calls these from the reactor thread; they must not block.
+    A sink that cannot deliver an event drops it with a logged reason
+    (never raises, never buffers without bound).
+    """
+
+    def start() -> None:
+        """The service starts (the reactor runs next): open network connections here."""
+
+    def write(record: dict[str, object], message: str, severity: int) -> None:
+        """Deliver one audit event.
+
+        ``record`` is the JSON object of the README's "Audit events as JSON
+        lines" (``event``, ``time`` and the fields); ``message`` is the
+        event's one-line text, as in the gateway's log; ``severity`` is the
+        syslog severity (6 informational, 4 warning, ...).
+        """
+
+    def reopen() -> bool:
+        """SIGUSR1: open the destination again (logrotate, a restarted syslog); False if it failed."""
+
+    def close() -> object:
+        """The service stops: flush what can be flushed without blocking, and let go.
+
+        It may return a Deferred that fires when that is done (the service
+        returns it, so twistd waits for it before the reactor stops); it
+        should fire within seconds even if the destination does not answer.
+        """

@@ -13,6 +13,7 @@ from typing import TypeAlias
 import attrs
 from cryptography import x509
 
+from etpmitm import metrics
 from etpmitm.ca.directory import CertificateAuthority
 from etpmitm.keyfiles import PrivateKey
 from etpmitm.lru import LRUCache
@@ -61,9 +62,12 @@ class LeafMinter:
         now = self.clock()
         entry = self.cache.get(key)
         if entry is not None and now < entry.renew_at:
+            metrics.current.leafCache(hit=True)
             return entry.leaf
+        metrics.current.leafCache(hit=False)
         leaf = self.issuer.mint(key[0], fields, datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
         self.minted += 1
+        metrics.current.leafMinted()
         expires = leaf.not_after.timestamp()
         renew_at = expires - self.renew_before
         self.cache.put(key, _Entry(leaf, renew_at if renew_at > now else expires))

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 
 import attrs
 
+from etpmitm import metrics
 from etpmitm.policy.decide import LEARNING_SCOPES, LearningScope, LearningSettings
 from etpmitm.addresses import IPAddress, unmap
 
@@ -158,10 +159,10 @@ class LearnedBypass:
         address = client_text(client)
         clients = self._note(key, address, now, 1)
         if self._reaches_all(clients, now):
-            return self._learn_all(key, now, why, tuple(clients))
+            return self._learned_here(self._learn_all(key, now, why, tuple(clients)))
         if self.scope == "all" or len(clients[address]) < self.failures or self._live((key, address), now):
             return None
-        return self._add(Learned(key, why, "client", (address,), now + self.ttl), now)
+        return self._learned_here(self._add(Learned(key, why, "client", (address,), now + self.ttl), now))
 
     def learn(
         self, key: Key, now: float, why: str, *, clients: Iterable[IPAddress] = ()
@@ -170,7 +171,7 @@ class LearnedBypass:
         client certificate; None if it already was.  *clients*: who found it, for the log."""
         if not self.enabled or self._live((key, None), now):
             return None
-        return self._learn_all(key, now, why, tuple(client_text(c) for c in clients))
+        return self._learned_here(self._learn_all(key, now, why, tuple(client_text(c) for c in clients)))
 
     def adopt(self, learned: Learned, now: float) -> Learned | None:
         """Apply a bypass that another worker learned; None if nothing changes here.
@@ -181,6 +182,12 @@ class LearnedBypass:
         """
         if not self.enabled or self._live((learned.key, None), now):
             return None
+        try:
+            return self._adopt(learned, now)
+        finally:
+            metrics.current.bypassesActive(len(self._learned))
+
+    def _adopt(self, learned: Learned, now: float) -> Learned | None:
         if learned.scope == "all":
             return self._learn_all(learned.key, now, learned.why, learned.clients)
         clients: OrderedDict[str, deque[float]] = OrderedDict()
@@ -209,6 +216,8 @@ class LearnedBypass:
         for slot in expired:
             del self._learned[slot]
         dropped = len(expired)
+        if expired:
+            metrics.current.bypassesActive(len(self._learned))
         for key in list(self._pending):
             dropped += self._forget_stale(key, now)
         return dropped
@@ -287,6 +296,11 @@ class LearnedBypass:
             if total >= self.failures:
                 return True
         return False
+
+    def _learned_here(self, learned: Learned) -> Learned:
+        """Report a bypass learned by this process (not adopted from another worker)."""
+        metrics.current.bypassLearned(len(self._learned))
+        return learned
 
     def _learn_all(self, key: Key, now: float, why: str, clients: tuple[str, ...]) -> Learned:
         pending = self._pending.pop(key, None)

@@ -9,11 +9,11 @@ import re
 import resource
 import signal
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import attrs
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket, IReactorTCP, IReactorTime
 from twisted.logger import Logger
@@ -22,28 +22,48 @@ from twisted.python import usage
 from etpmitm import audit
 from etpmitm.memory import TRIM_SETTLE, Trimmer, mallocTrim, tuneMalloc
 from etpmitm.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_PER_CLIENT, DEFAULT_PER_CLIENT_RATE, Admission
-from etpmitm.auditlog import AuditLogError, AuditLogFile, AuditLogService
+from etpmitm.auditlog import AuditLogError, AuditLogService
+from etpmitm.auditsinks import openAuditSink
 from etpmitm.ca.directory import CertificateAuthority, LeafKeyKind, load_ca
 from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import load_or_create_leaf_key
 from etpmitm.ca.ownroot import init_own_root
 from etpmitm.ca.untrusted import load_or_create_untrusted_ca
+from etpmitm.drain import DEFAULT_DRAIN, DrainService, StopsLast
 from etpmitm.defaults import DEFAULT_BACKLOG, DEFAULT_POLICY_FILE, data_directory, default_ca_directory, default_listen, default_policy_file
 from etpmitm.gateway.device import CachedLeafContexts
 from etpmitm.gateway.inspect import inspectingLayer
 from etpmitm.gateway.intake import IntakeFactory
 from etpmitm.gateway.policyholder import PolicyHolder
+from etpmitm.gateway.proxied import PREFIX, ProxiedIntakeFactory, unwrapProxied
+from etpmitm.gateway.scanners import ScannerHolder
 from etpmitm.gateway.settings import GatewaySettings
+from etpmitm.interfaces import IAuditSink
 from etpmitm.gateway.origin import RELAY_BUFFER, TrustStoreError, system_bundle, upstream_context
+from etpmitm.icap.client import IcapScanner
 from etpmitm.keyfiles import KeyFileError, read_passphrase_file
 from etpmitm.learnedmessage import from_message, to_message
 from etpmitm.learning import Learned
 from etpmitm.limits import raise_nofile_limit
 from etpmitm.policy import PolicyError
+from etpmitm.threat.judge import ThreatLists
+from etpmitm.threat.keeper import ListKeeper
+from etpmitm.threat.lists import ListError
+from etpmitm.threat.service import MANIFEST, ThreatListService, listKeeper, mapLists, remap
 from etpmitm.sharedports import AdoptedPorts, bindShared, tcpAddress, withBacklog
-from etpmitm.workers import MasterLink, WorkerPool
+from etpmitm.workers import STOP_GRACE, MasterLink, WorkerPool
+
+if TYPE_CHECKING:
+    from etpmitm import metricssetup
 
 log = Logger()
+
+
+def _notNegative(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError(f"must be 0 or a positive number of seconds, not {value}")
+    return number
 
 
 def _positive(value: str) -> float:
@@ -79,13 +99,19 @@ class Options(usage.Options):
         ["max-client-rate", None, f"{DEFAULT_PER_CLIENT_RATE:g}", "New connections per second from one client address, per process (bursts of twice that); 0: unlimited"],
         ["relay-buffer", None, RELAY_BUFFER, "Bytes buffered towards a side before its peer stops being read (a stalled reader holds about 4x this)", int],
         ["backlog", None, DEFAULT_BACKLOG, "Accept queue of each listening socket (capped by net.core.somaxconn)", int],
-        ["audit-log", None, None, "Also write the audit events (per connection and per request) to this file as JSON lines; SIGUSR1 reopens it"],
+        ["audit-log", None, None, "Also send the audit events (per connection and per request) to journald, syslog:unix:PATH, syslog:udp:HOST:PORT, syslog:tcp:HOST:PORT, or a FILE of JSON lines; SIGUSR1 reopens it"],
+        ["metrics", None, None, "Serve Prometheus metrics at /metrics and a health check at /healthz on this endpoint (strports, e.g. tcp:9180:interface=127.0.0.1)"],
+        ["drain-timeout", None, DEFAULT_DRAIN, "On SIGTERM, stop accepting at once and give open connections this many seconds to end (0: cut them at once)", _notNegative],
+        ["worker-metrics", None, None, "Internal: the master's directory for the metrics of its workers"],
+        ["list-interval", None, 5.0, "Seconds between checks of the threat list files for changes (0: only on SIGHUP)", float],
+        ["threat-manifest", None, None, "Internal: the threat list tables to map, built by the master (--workers)"],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["worker-listen"] = []
+        self["worker-proxied"] = set()
         self["listen-note"] = None
 
     def opt_worker_listen(self, value: str) -> None:
@@ -95,8 +121,15 @@ class Options(usage.Options):
             raise usage.UsageError(f"--worker-listen takes a file descriptor and a backlog (FD:BACKLOG), not {value!r}")
         self["worker-listen"].append((int(fd), int(backlog)))
 
+    def opt_worker_proxied(self, value: str) -> None:
+        """Internal: INDEX, an inherited socket (by its --worker-listen order) that takes PROXY headers."""
+        if not value.isdigit():
+            raise usage.UsageError(f"--worker-proxied takes an index, not {value!r}")
+        self["worker-proxied"].add(int(value))
+
     def opt_listen(self, description: str) -> None:
-        """Endpoint to listen on (strports syntax; repeatable; default tcp6:8443:interface=\\:\\:, dual-stack)."""
+        """Endpoint to listen on (strports syntax; repeatable; default tcp6:8443:interface=\\:\\:, dual-stack).
+        haproxy:tcp:PORT takes connections from a load balancer that sends a PROXY header (v1 or v2)."""
         self["listen"].append(description)
 
     def postOptions(self) -> None:
@@ -110,6 +143,8 @@ class Options(usage.Options):
             raise usage.UsageError("--relay-buffer must be from 16384 to 67108864 bytes")
         if self["leaf-key"] not in ("ecdsa", "rsa"):
             raise usage.UsageError("--leaf-key must be ecdsa or rsa")
+        if not 0 <= self["list-interval"] <= 86400:
+            raise usage.UsageError("--list-interval must be from 0 to 86400 seconds")
         if self["leaf-cache"] < 1:
             raise usage.UsageError("--leaf-cache must be at least 1")
         self["workers"] = _workerCount(self["workers"])
@@ -189,15 +224,32 @@ def _certificateAuthority(options: Options, passphrase: bytes | None) -> tuple[P
 class GatewayService(MultiService):
     """The listeners; failing to listen ends start-up with one line.
 
-    SIGHUP reloads the policy file.  Freed memory goes back to the system
-    after connections end (:mod:`etpmitm.memory`).
+    SIGHUP reloads the policy file (and swaps the ICAP scanner when its
+    ``[icap]`` changed).  Freed memory goes back to the system after
+    connections end (:mod:`etpmitm.memory`).
     """
 
-    def __init__(self, policy: PolicyHolder, master: MasterLink | None = None) -> None:
+    def __init__(self, policy: PolicyHolder, master: MasterLink | None = None,
+                 scanners: ScannerHolder | None = None) -> None:
         super().__init__()
         self.policy = policy
         self.master = master
+        self.scanners = scanners
         self.trimmer: Trimmer | None = None
+        self.hangupHooks: list[Callable[[], object]] = []
+        """Run after each SIGHUP's policy reload (the threat lists')."""
+
+    def reload(self) -> None:
+        """SIGHUP: reload the policy and the threat lists; a new scanner for new connections if ``[icap]`` changed."""
+        reloaded = self.policy.reload()
+        for hook in self.hangupHooks:
+            hook()
+        if not reloaded or self.scanners is None:
+            return
+        if self.scanners.update(self.policy.current.icap):
+            log.info("ICAP settings changed: new connections use {what}; open connections keep theirs",
+                     what="the new scanner" if self.scanners.current is not None else "no scanner")
+            self.scanners.probe()
 
     def startService(self) -> None:
         super().startService()
@@ -208,17 +260,22 @@ class GatewayService(MultiService):
         tuneMalloc()
         self.trimmer = Trimmer(cast(IReactorTime, reactor), audit.ended, mallocTrim(), settle=TRIM_SETTLE, collect=gc.collect)
         self.trimmer.start()
+        if self.scanners is not None:
+            self.scanners.probe()  # a server down is a warning: each scan applies on_error
 
         def onHangup(signum: int, frame: object) -> None:
-            reactor.callFromThread(self.policy.reload)  # type: ignore[attr-defined]
+            reactor.callFromThread(self.reload)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGHUP, onHangup)
         # A worker starts with SIGHUP blocked (etpmitm.workers): ready now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
+
     def stopService(self) -> Any:
         if self.trimmer is not None:
             self.trimmer.stop()
+        if self.scanners is not None:
+            self.scanners.close()
         return super().stopService()
 
     def privilegedStartService(self) -> None:
@@ -254,16 +311,34 @@ def makeService(options: Options) -> IService:
     except (CAError, TrustStoreError, PolicyError) as e:
         raise StartupError(str(e)) from None
     descriptions = _listenDescriptions(options)
+    if options["worker-metrics"]:
+        from etpmitm.metricssetup import inWorker
+
+        inWorker(options["worker-metrics"])
+    accepting: list[Callable[[], str | None]] = []
+    metricsSetup = _metricsSetup(options, ca, leafKey, accepting)
     auditLog = _auditLog(options)
 
     _logDescriptorLimit(options, *raise_nofile_limit())
 
+    if options["worker-listen"]:
+        manifest = options["threat-manifest"]
+        keeper = None
+        if manifest is not None:
+            policy.lists = _mapLists(Path(manifest))
+    else:
+        keeper = _listKeeper(options, policy)
+
     if options["workers"] > 1 and not options["worker-listen"]:
-        return _withAuditLog(_master(options, descriptions, directory, ca, bundle), auditLog)
+        master = _master(options, descriptions, directory, ca, bundle, metricsSetup, keeper)
+        accepting.append(lambda: None if master.pool is not None and master.pool.pids else "no worker is running")
+        return _withAuditLog(_withMetrics(_withLists(master, keeper, policy, master), metricsSetup), auditLog)
 
     link: MasterLink | None = None
     if options["worker-listen"]:
-        link = MasterLink(reactor, lambda message: _learnedByAnother(policy, message))
+        link = MasterLink(reactor, lambda message: _fromMaster(policy, options["threat-manifest"], message))
+    scanners = ScannerHolder(lambda icap: IcapScanner(icap, cast(IReactorTime, reactor)))
+    scanners.update(policy.current.icap)
     settings = GatewaySettings(
         reactor=cast(IReactorTCP, reactor),
         clock=cast(IReactorTime, reactor),
@@ -277,36 +352,73 @@ def makeService(options: Options) -> IService:
         relayBuffer=options["relay-buffer"],
         shareLearned=_shareLearned(link),
         admission=_admission(options),
+        scanners=scanners,
     )
     settings = attrs.evolve(settings, layerFor=inspectingLayer(settings))
     factory = IntakeFactory(settings)
-    top = GatewayService(policy, link)
+    proxiedFactory = ProxiedIntakeFactory(settings)
+    top = GatewayService(policy, link, scanners)
+    accepting.append(lambda: None if top.running else "not accepting")
+    _withLists(top, keeper, policy, None)
+    admission = settings.admission
+    assert admission is not None
+    DrainService(cast(IReactorTime, reactor), lambda: admission.open, options["drain-timeout"]).setServiceParent(top)
     if link is not None:
-        AdoptedPorts(cast(IReactorSocket, reactor), options["worker-listen"], factory).setServiceParent(top)
+        inherited = options["worker-listen"]
+        for wanted, serving in ((False, factory), (True, proxiedFactory)):
+            fds = [fd for i, fd in enumerate(inherited) if (i in options["worker-proxied"]) is wanted]
+            if fds:
+                AdoptedPorts(cast(IReactorSocket, reactor), fds, serving).setServiceParent(top)
         log.info("etpmitm worker {pid} serving the master's sockets", pid=os.getpid())
         return top  # no --audit-log here: the master writes its workers' events
     for description in descriptions:
+        proxied, inner = unwrapProxied(description)
         try:
-            strports.service(description, factory).setServiceParent(top)
+            strports.service(inner, proxiedFactory if proxied else factory).setServiceParent(top)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     _logStart(options, directory, ca, bundle)
-    return _withAuditLog(top, auditLog)
+    return _withAuditLog(_withMetrics(top, metricsSetup), auditLog)
 
 
-def _auditLog(options: Options) -> AuditLogFile | None:
-    """The ``--audit-log`` file, open; not in a worker (the master writes its events)."""
+def _auditLog(options: Options) -> IAuditSink | None:
+    """The ``--audit-log`` sink, open; not in a worker (the master writes its events)."""
     if options["audit-log"] is None or options["worker-listen"]:
         return None
     try:
-        return AuditLogFile(Path(options["audit-log"]))
+        from twisted.internet import reactor
+
+        return openAuditSink(options["audit-log"], reactor)
     except AuditLogError as e:
         raise StartupError(str(e)) from None
 
 
-def _withAuditLog(top: MultiService, auditLog: AuditLogFile | None) -> MultiService:
+def _metricsSetup(options: Options, ca: CertificateAuthority, leafKey: Any,
+                  accepting: list[Callable[[], str | None]]) -> metricssetup.MetricsSetup | None:
+    """``--metrics``: installs the metrics, and returns the listener to add (not in a worker)."""
+    from twisted.internet import reactor
+
+    description = options["metrics"]
+    if description is None or options["worker-listen"]:
+        return None
+    from etpmitm.metricssetup import setUp  # twisted.web and prometheus_client only with --metrics
+
+    try:
+        return setUp(description, options["workers"], ca, leafKey, cast(IReactorTime, reactor).seconds,
+                                  lambda: next((p for check in accepting if (p := check()) is not None), None))
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise StartupError(f"bad --metrics {description!r}: {e}") from None
+
+
+def _withMetrics(top: MultiService, setup: metricssetup.MetricsSetup | None) -> MultiService:
+    if setup is not None:
+        setup.service.setServiceParent(top)
+    return top
+
+
+def _withAuditLog(top: MultiService, auditLog: IAuditSink | None) -> MultiService:
     if auditLog is not None:
-        AuditLogService(auditLog).setServiceParent(top)
+        return StopsLast(top, AuditLogService(auditLog))  # open until the last drained connection's event
     return top
 
 
@@ -331,8 +443,9 @@ def _listenDescriptions(options: Options) -> list[str]:
     """The --listen descriptions, each with --backlog unless it names its own."""
     descriptions = []
     for description in options["listen"]:
+        proxied, inner = unwrapProxied(description)
         try:
-            descriptions.append(withBacklog(description, options["backlog"]))
+            descriptions.append((PREFIX if proxied else "") + withBacklog(inner, options["backlog"]))
         except (ValueError, KeyError, TypeError) as e:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     return descriptions
@@ -369,6 +482,37 @@ def _shareLearned(link: MasterLink | None) -> Callable[[Learned], None]:
     return lambda learned: master.send(to_message(learned))
 
 
+def _listKeeper(options: Options, policy: PolicyHolder) -> ListKeeper | None:
+    """The threat lists, built now (a problem is a start-up error); see etpmitm.threat.service."""
+    try:
+        return listKeeper(policy, options["list-interval"])
+    except ListError as e:
+        raise StartupError(str(e)) from None
+
+
+def _withLists(top: MultiService, keeper: ListKeeper | None, policy: PolicyHolder,
+               master: MasterService | None) -> MultiService:
+    """Reload the lists on SIGHUP too, and remove their tables at the end."""
+    if keeper is not None:
+        ThreatListService(keeper, policy, lambda: None if master is None else master.pool).setServiceParent(top)
+        if isinstance(top, GatewayService):
+            top.hangupHooks.append(lambda: keeper.reload(policy.current.lists))
+    return top
+
+
+def _mapLists(manifest: Path) -> ThreatLists:
+    try:
+        return mapLists(manifest)
+    except (OSError, ValueError) as e:
+        raise StartupError(f"cannot map the threat lists named in {manifest}: {e}") from None
+
+
+def _fromMaster(policy: PolicyHolder, manifest: str | None, message: dict[str, Any]) -> None:
+    """A message from the master: new threat list tables, or a bypass another worker learned."""
+    if not remap(policy, manifest, message):
+        _learnedByAnother(policy, message)
+
+
 def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
     """A bypass another worker learned: apply it here too, for the same clients."""
     from twisted.internet import reactor
@@ -386,9 +530,15 @@ def _learnedByAnother(policy: PolicyHolder, message: dict[str, Any]) -> None:
 
 
 def _master(options: Options, descriptions: list[str], directory: Path, ca: CertificateAuthority,
-            bundle: Path) -> MasterService:
+            bundle: Path, metricsSetup: metricssetup.MetricsSetup | None = None,
+            keeper: ListKeeper | None = None) -> MasterService:
     """The master of ``--workers N``: binds the sockets, runs the workers."""
-    top = MasterService(descriptions, options["workers"], _workerOptions(options, directory))
+    workerOptions = _workerOptions(options, directory)
+    if metricsSetup is not None:
+        workerOptions += metricsSetup.workerOptions()
+    if keeper is not None:
+        workerOptions.append(f"--threat-manifest={keeper.directory / MANIFEST}")
+    top = MasterService(descriptions, options["workers"], workerOptions, options["drain-timeout"])
     _logStart(options, directory, ca, bundle)
     return top
 
@@ -398,7 +548,7 @@ def _workerOptions(options: Options, directory: Path) -> list[str]:
     argv = [f"--ca-dir={directory.resolve()}"]
     trust = options["upstream-trust"]
     argv.append(f"--upstream-trust={trust if trust == 'system' else Path(trust).resolve()}")
-    for name in ("handshake-timeout", "connect-timeout", "idle-timeout", "relay-buffer", "leaf-key", "leaf-cache",
+    for name in ("handshake-timeout", "connect-timeout", "idle-timeout", "drain-timeout", "relay-buffer", "leaf-key", "leaf-cache",
                  "max-connections", "max-client-connections", "max-client-rate"):
         argv.append(f"--{name}={options[name]}")
     for name in ("passphrase-file", "policy"):
@@ -410,8 +560,9 @@ def _workerOptions(options: Options, directory: Path) -> list[str]:
 class MasterService(MultiService):
     """Binds every ``--listen`` socket, then hands them to a :class:`WorkerPool`."""
 
-    def __init__(self, descriptions: list[str], workers: int, workerOptions: list[str]) -> None:
+    def __init__(self, descriptions: list[str], workers: int, workerOptions: list[str], drain: float = 0.0) -> None:
         super().__init__()
+        self._drain = drain
         self._descriptions = descriptions
         self._workers = workers
         self._workerOptions = workerOptions
@@ -421,7 +572,8 @@ class MasterService(MultiService):
         from twisted.internet import reactor
 
         groups = []
-        for description in self._descriptions:
+        inners = [unwrapProxied(description)[1] for description in self._descriptions]
+        for description in inners:
             try:
                 groups.append(bindShared(description, self._workers))
             except CannotListenError as e:
@@ -430,8 +582,10 @@ class MasterService(MultiService):
                 raise StartupError(f"bad --listen {description!r}: {e}") from None
         # Worker i gets socket i of every group.
         sockets = [[group[i] for group in groups] for i in range(self._workers)]
-        backlogs = [tcpAddress(description).backlog for description in self._descriptions]
-        self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, backlogs, self._workerOptions)
+        backlogs = [tcpAddress(description).backlog for description in inners]
+        proxied = [f"--worker-proxied={i}" for i, d in enumerate(self._descriptions) if unwrapProxied(d)[0]]
+        self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, backlogs, self._workerOptions + proxied,
+                               stopGrace=max(STOP_GRACE, self._drain + 5.0))
         self.pool.setServiceParent(self)
         super().privilegedStartService()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 import re
 import socket
 from typing import Sequence
@@ -133,6 +132,7 @@ class AdoptedPorts(Service):
         self._fds = list(fds)
         self._factory = factory
         self.ports: list[IListeningPort] = []
+        self._sockets: list[socket.socket] = []
 
     def startService(self) -> None:
         super().startService()
@@ -144,10 +144,19 @@ class AdoptedPorts(Service):
             finally:
                 probe.detach()
             self.ports.append(self._reactor.adoptStreamPort(fd, family, self._factory))  # type: ignore[arg-type]
-            os.close(fd)  # the port holds its own duplicate
+            # The port holds its own duplicate; this one takes the socket out
+            # of its group when the worker stops (the master holds it too).
+            self._sockets.append(socket.socket(fileno=fd))
         self._fds = []
 
     def stopService(self) -> Deferred[object]:
         super().stopService()
         ports, self.ports = self.ports, []
-        return DeferredList([maybeDeferred(port.stopListening) for port in ports])  # type: ignore[return-value]
+        stopped = DeferredList([maybeDeferred(port.stopListening) for port in ports])
+        # A stopping worker accepts no more; without this the master's copy
+        # would keep queueing connections that nobody accepts.
+        sockets, self._sockets = self._sockets, []
+        for skt in sockets:
+            stopListening(skt)
+            skt.close()
+        return stopped  # type: ignore[return-value]

@@ -48,6 +48,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import ILogObserver, Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
+from etpmitm import metrics
 from etpmitm.sharedports import stopListening
 
 log = Logger()
@@ -155,6 +156,7 @@ class WorkerPool(Service):
         backlogs: Sequence[int],
         options: Sequence[str],
         observer: ILogObserver = globalLogPublisher,
+        stopGrace: float = STOP_GRACE,
     ) -> None:
         """Worker *i* gets ``sockets[i]``; ``backlogs`` holds one per socket of a worker."""
         self._reactor = reactor
@@ -166,6 +168,9 @@ class WorkerPool(Service):
         self._restarts: dict[int, IDelayedCall] = {}
         self._delay = 1.0
         self._stopping = False
+        self._stopGrace = stopGrace
+        self.hangup: Callable[[], object] | None = None
+        """Also run (in the reactor) on each SIGHUP: the master's own reload."""
 
     def _clock(self) -> IReactorTime:
         return self._reactor  # type: ignore[return-value]
@@ -188,6 +193,7 @@ class WorkerPool(Service):
             self._reactor.spawnProcess(worker, argv[0], argv, env=os.environ.copy(), childFDs=childFDs)
         self._workers[slot] = worker
         worker.pid = worker.transport.pid  # type: ignore[union-attr]
+        metrics.current.workerStarted(worker.pid)
         log.info("worker {slot} started, pid {pid}", slot=slot, pid=worker.pid)
 
     @property
@@ -198,6 +204,13 @@ class WorkerPool(Service):
     def _onHangup(self, signum: int, frame: object) -> None:
         for pid in self.pids:
             os.kill(pid, signal.SIGHUP)
+        if self.hangup is not None:
+            self._reactor.callFromThread(self.hangup)  # type: ignore[attr-defined]
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        """Tell every worker (new threat list tables to map)."""
+        for worker in self._workers.values():
+            worker.send(message)
 
     def fromWorker(self, sender: _Worker, message: dict[str, Any]) -> None:
         """A worker learned something: tell the others."""
@@ -225,6 +238,7 @@ class WorkerPool(Service):
     def ended(self, worker: _Worker, reason: Failure) -> None:
         if self._workers.get(worker.slot) is worker:
             del self._workers[worker.slot]
+        metrics.current.workerEnded(worker.pid, restarting=not self._stopping)
         if self._stopping:
             return
         for skt in self._sockets[worker.slot]:
@@ -249,7 +263,7 @@ class WorkerPool(Service):
         workers = list(self._workers.values())
         for worker in workers:
             worker.transport.signalProcess("TERM")  # type: ignore[union-attr]
-        kill = self._clock().callLater(STOP_GRACE, self._kill, workers)
+        kill = self._clock().callLater(self._stopGrace, self._kill, workers)
         done: Deferred[object] = DeferredList([w.ended for w in workers])  # type: ignore[assignment]
 
         def stopped(result: object) -> object:
@@ -262,7 +276,7 @@ class WorkerPool(Service):
     def _kill(self, workers: list[_Worker]) -> None:
         for worker in workers:
             if worker.transport is not None and worker.transport.pid:
-                log.warn("worker {slot} did not stop within {grace}s; killing it", slot=worker.slot, grace=STOP_GRACE)
+                log.warn("worker {slot} did not stop within {grace}s; killing it", slot=worker.slot, grace=f"{self._stopGrace:g}")
                 worker.transport.signalProcess("KILL")
 
 

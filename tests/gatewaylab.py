@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,9 @@ class GatewayLab:
         """The gateway's root, which lab clients trust."""
         return self.ca_dir / "root.pem"
 
-    def start_gateway(self, *extra: str, listen: bool = True) -> subprocess.Popen[bytes]:
+    def start_gateway(self, *extra: str, listen: bool = True, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start the gateway on GATEWAY_PORT; with ``listen=False`` no --listen
-        is passed, and it listens where its defaults say."""
+        is passed, and it listens where its defaults say.  ``env`` is added to its environment."""
         subprocess.run(
             [Path(sys.executable).parent / "etpmitm", "ca", "init", "--dir", self.ca_dir],
             check=True, capture_output=True, env={**os.environ, **gateway_env()},
@@ -74,7 +74,7 @@ class GatewayLab:
             *(["--listen", f"tcp6:{GATEWAY_PORT}:interface=\\:\\:"] if listen else []),
             *extra,
         ]
-        self.gateway = self.lab.gateway.popen(argv, env=gateway_env(), cwd=self.lab.workdir)
+        self.gateway = self.lab.gateway.popen(argv, env={**gateway_env(), **(env or {})}, cwd=self.lab.workdir)
         self.lab.gateway.wait_for_port(GATEWAY_PORT, proc=self.gateway, timeout=30)
         return self.gateway
 
@@ -196,19 +196,23 @@ def burst(namespace: Namespace, host: str, port: int, count: int, timeout: float
     return result
 
 
-def inspecting_lab(policy: str) -> GatewayLab:
+def inspecting_lab(policy: str, audit_log: str | None = None, env: Mapping[str, str] | None = None,
+                   before: Callable[[GatewayLab], None] | None = None) -> GatewayLab:
     """A lab whose origin serves origin.test on 443, and a gateway with ``policy``
-    and ``--audit-log`` (:attr:`GatewayLab.audit_log`)."""
-    env = GatewayLab(dports=[443])
+    and ``--audit-log`` (:attr:`GatewayLab.audit_log`, or ``audit_log``); ``env`` is
+    added to the gateway's environment, and ``before`` runs just before it starts."""
+    lab = GatewayLab(dports=[443])
     try:
-        cert, key = env.public.issue(["origin.test"], [Lab.origin_ip])
-        env.origin(443, [cert, env.public.intermediate], key)
-        env.policy.write_text(policy)
-        env.start_gateway("--policy", str(env.policy), "--audit-log", str(env.audit_log))
+        cert, key = lab.public.issue(["origin.test"], [Lab.origin_ip])
+        lab.origin(443, [cert, lab.public.intermediate], key)
+        lab.policy.write_text(policy)
+        if before is not None:
+            before(lab)
+        lab.start_gateway("--policy", str(lab.policy), "--audit-log", audit_log or str(lab.audit_log), env=env)
     except BaseException:
-        env.close()
+        lab.close()
         raise
-    return env
+    return lab
 
 
 def quoted(*parts: object) -> str:

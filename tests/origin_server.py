@@ -23,6 +23,10 @@ chunked request bodies; "Expect: 100-continue" honoured):
                      its stylesheet and image, writes what it saw into the DOM
     GET  /static/... the page's subresources (STATIC): page.css, page.js,
                      picture.png (PICTURE_SIZE) and data.json
+    GET  PATH        with --serve PATH=FILE: FILE's bytes
+
+--received FILE appends every request body byte the server gets to FILE
+(a log that shows what reached the origin).
 
 If ALPN selects h2 the server speaks real HTTP/2 (the h2 library) with the
 same routes, content types and content-length. Many streams run at once on
@@ -48,6 +52,7 @@ import threading
 import weakref
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import BinaryIO
 
 import h2.config
@@ -352,6 +357,7 @@ class Connection:
             for data in _read_body(rfile, headers):
                 digest.update(data)
                 length += len(data)
+                self.server.received(data)
             if method == "GET" and target.split("?", 1)[0] == "/ws" and "websocket" in headers.get("upgrade", "").lower():
                 self.serve_websocket(rfile, b"".join(head))
                 return
@@ -427,6 +433,8 @@ class Connection:
         if method in ("POST", "PUT") and path == "/echo":
             body = json.dumps({"length": length, "sha256": sha}).encode() + b"\n"
             return Response(200, "OK", "application/json", body)
+        if method == "GET" and path in self.server.files:
+            return Response(200, "OK", "application/octet-stream", self.server.files[path].read_bytes())
         if method == "GET" and path in STATIC:
             ctype, body = STATIC[path]
             return Response(200, "OK", ctype, body)
@@ -514,6 +522,7 @@ class Connection:
             if req is not None:
                 req.digest.update(event.data)
                 req.length += len(event.data)
+                self.server.received(event.data)
             # Hand the window back at once (h2 batches the WINDOW_UPDATEs).
             conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         elif isinstance(event, h2.events.StreamEnded):
@@ -584,6 +593,9 @@ def _text(value: bytes | str) -> str:
 class OriginServer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.verbose: bool = args.verbose
+        self.files = {url: Path(file) for url, _, file in (item.partition("=") for item in args.serve)}
+        self._received = open(args.received, "ab", buffering=0) if args.received else None
+        self._receivedLock = threading.Lock()
         self.idle_timeout: float = args.idle_timeout
         # SNI seen on each TLS socket, filled by the servername callback.
         self.sni: weakref.WeakKeyDictionary[ssl.SSLSocket, str | None] = weakref.WeakKeyDictionary()
@@ -591,6 +603,12 @@ class OriginServer:
         self.listeners: list[tuple[socket.socket, bool]] = [(self._listen(args.host, args.port), True)]
         if args.plain_port is not None:
             self.listeners.append((self._listen(args.host, args.plain_port), False))
+
+    def received(self, data: bytes) -> None:
+        """Log request body bytes to --received, if given."""
+        if self._received is not None:
+            with self._receivedLock:
+                self._received.write(data)
 
     def _context(self, args: argparse.Namespace) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -672,6 +690,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tls", choices=("1.2", "1.3"), default="1.3")
     p.add_argument("--idle-timeout", type=float, default=60.0)
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--serve", action="append", default=[], metavar="PATH=FILE",
+                   help="answer GET PATH with FILE's bytes (repeatable)")
+    p.add_argument("--received", metavar="FILE", help="append every request body byte received to FILE")
     args = p.parse_args(argv)
     server = OriginServer(args)
     try:

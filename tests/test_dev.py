@@ -13,7 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 REPO = Path(__file__).resolve().parent.parent
 AS_ROOT = REPO / "dev" / "as-root"
-SHELL_SCRIPTS = [REPO / "deploy" / "iptables.sh", REPO / "dev" / "bootstrap.sh", AS_ROOT, REPO / ".ci" / "run"]
+SHELL_SCRIPTS = [REPO / "deploy" / "iptables.sh", REPO / "dev" / "bootstrap.sh", AS_ROOT, REPO / ".ci" / "run",
+                 REPO / "dev" / "private-journald.sh"]
 
 FAKE_SUDO = '#!/bin/sh\necho "sudo: $*"\n'
 

@@ -158,3 +158,17 @@ class AdmissionTests(CoreTestCase):
         refused = [e for e in self.events if "refused a connection" in e.get("log_format", "")]
         self.assertEqual(len(refused), 2)
         self.assertEqual(refused[1]["more"], " (4 more refused for the same kind of limit since the last line)")
+
+    def test_everyRefusalIsCounted(self) -> None:
+        """The log is rate-limited; the metric counts every refusal, by its limit."""
+        from prometheus_client import CollectorRegistry
+
+        from etpmitm import metrics
+
+        registry = CollectorRegistry()
+        self.addCleanup(metrics.install, metrics.install(metrics.PrometheusMetrics(registry)))
+        self.connect()
+        for _ in range(5):
+            self.connect()
+        self.assertEqual(registry.get_sample_value("etpmitm_admission_refusals_total", {"limit": "connection_limit"}), 5)
+        self.assertEqual(registry.get_sample_value("etpmitm_connections_open"), 1)

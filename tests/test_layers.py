@@ -79,7 +79,7 @@ class Owner:
         self.aborts.append(reason)
 
 
-class PipeTests(SynchronousTestCase):
+class PipeCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.owner = Owner()
@@ -97,6 +97,8 @@ class PipeTests(SynchronousTestCase):
         assert isinstance(side.transport, HalfCloseTransport)
         return side.transport
 
+
+class PipeTests(PipeCase):
     def test_interfaces(self) -> None:
         self.assertTrue(verifyObject(ILayerLink, self.pipe))
         self.assertTrue(verifyObject(ILayer, OpaqueRelay()))
@@ -229,3 +231,72 @@ class PipeTests(SynchronousTestCase):
         self.assertEqual(self.transport(self.origin).producerState, "paused")
         self.pipe.resumeReading("origin")
         self.assertEqual(self.transport(self.origin).producerState, "producing")
+
+
+class HoldingRelay(RecordingRelay):
+    """A relay that asks to be paced and may hold bytes for the device."""
+
+    paced = True
+    holding = False
+
+    def holdsFor(self, side: str) -> bool:
+        return side == "device" and self.holding
+
+
+class PacedPipeTests(PipeTests):
+    """The drain signal and the held side, for a layer that asks for them (``paced``, ``holdsFor``)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.layer = HoldingRelay()
+        self.pipe = Pipe(self.owner, self.device, self.origin, self.layer, self.clock)
+
+    def test_eachSideProducesForTheOther(self) -> None:
+        """A full writer still pauses and resumes the reader on the other side (through its drain)."""
+        self.start()
+        device, origin = self.transport(self.device), self.transport(self.origin)
+        self.assertTrue(device.streaming)
+        device.producer.pauseProducing()
+        self.assertEqual(origin.producerState, "paused")
+        device.producer.resumeProducing()
+        self.assertEqual(origin.producerState, "producing")
+
+    def test_whenDrained(self) -> None:
+        self.start()
+        drained: list[str] = []
+        self.assertFalse(self.pipe.whenDrained("device", lambda: drained.append("device")))  # keeping up: send on
+        device = self.transport(self.device)
+        device.producer.pauseProducing()  # the device's buffer is full
+        self.assertTrue(self.pipe.whenDrained("device", lambda: drained.append("device")))
+        self.assertFalse(self.pipe.whenDrained("origin", lambda: drained.append("origin")))
+        self.assertEqual(drained, [])
+        device.producer.resumeProducing()
+        self.assertEqual(drained, ["device"])
+        device.producer.resumeProducing()  # once only
+        self.assertEqual(drained, ["device"])
+
+    def test_heldSideStaysOpenUntilTheLayerEndsIt(self) -> None:
+        self.start()
+        self.layer.holding = True
+        self.origin.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(self.transport(self.device).disconnecting)
+        self.pipe.toDevice(b"held response")
+        self.pipe.endToDevice()
+        self.assertEqual(self.transport(self.device).value(), b"held response")
+        self.assertTrue(self.transport(self.device).disconnecting)
+        self.assertIsNone(self.transport(self.device).producer)
+        self.device.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.layer.events[-1], ("closed", b""))
+
+    def test_resetIsNotHeld(self) -> None:
+        self.start()
+        self.layer.holding = True
+        self.origin.connectionLost(Failure(ConnectionLost("reset")))
+        self.assertTrue(self.transport(self.device).aborted)
+
+
+class UnpacedDrainTests(PipeCase):
+    def test_whenDrainedIsFalseForALayerThatDidNotAsk(self) -> None:
+        self.start()
+        self.transport(self.device).producer.pauseProducing()
+        self.assertFalse(self.pipe.whenDrained("device", lambda: None))

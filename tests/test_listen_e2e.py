@@ -141,4 +141,6 @@ class ListenTests(TestCase):
         done = self.env.curl("--resolve", f"origin.test:{LIMITED}:{ORIGIN}", f"https://origin.test:{LIMITED}/")
         self.assertEqual((done.returncode, done.stdout.strip()), (0, "origin ok"), done.stderr + log()[-3000:])
         self.assertIsNone(proc.poll())
-        self.assertIn(f"-> {ORIGIN}:{LIMITED} sni=origin.test action=intercept outcome=ok", log())
+        served = f"-> {ORIGIN}:{LIMITED} sni=origin.test action=intercept outcome=ok"
+        # The audit line is written when the connection is done, which may be just after curl exits.
+        self.assertTrue(wait_until(lambda: served in log(), timeout=30), log()[-3000:])

@@ -427,7 +427,7 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(caught.exception.problem, "unknown table [orgin] (did you mean [origin]?)")
 
     def test_unknown_tables_and_keys(self) -> None:
-        tables = "[origin], [traffic], [learning], [inspect], [audit] or [rule]"
+        tables = "[origin], [traffic], [learning], [inspect], [audit], [icap], [rule] or [list]"
         self.assertErrors(
             [
                 ("# x\n[orgin]\nuntrusted = 'block'\n", "2: unknown table [orgin] (did you mean [origin]?)"),

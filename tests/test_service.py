@@ -97,6 +97,27 @@ class StartupTests(TestCase):
         directory = self.ca()
         self.assertOneLineError(self.twistd("--ca-dir", str(directory), "--listen", "bogus:1"), "bad --listen 'bogus:1'")
 
+    def test_badMetrics(self) -> None:
+        """A bad --metrics description or a port in use: one line, with or without workers."""
+        directory = self.ca()
+        for workers in ("1", "2"):
+            done = self.twistd("--ca-dir", str(directory), "--workers", workers, "--listen", "tcp:0", "--metrics", "bogus:1")
+            self.assertOneLineError(done, "bad --metrics 'bogus:1'")
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            done = self.twistd("--ca-dir", str(directory), "--listen", "tcp:0", "--metrics", f"tcp:{port}:interface=127.0.0.1")
+        self.assertOneLineError(done, f"cannot listen for --metrics on 127.0.0.1:{port}", "Address already in use")
+
+    def test_badProxiedListen(self) -> None:
+        """haproxy: wraps a tcp/tcp6 description; the error names the whole --listen."""
+        directory = self.ca()
+        self.assertOneLineError(self.twistd("--ca-dir", str(directory), "--listen", "haproxy:bogus:1"),
+                                "bad --listen 'haproxy:bogus:1'")
+        done = self.twistd("--ca-dir", str(directory), "--workers", "2", "--listen", "haproxy:tcp:70000")
+        self.assertOneLineError(done, "bad --listen 'haproxy:tcp:70000': port 70000 is not in 0-65535")
+
     def test_portOutOfRange(self) -> None:
         """One line, not a traceback, with or without workers."""
         directory = self.ca()
@@ -282,6 +303,19 @@ class LimitOptionsTests(SynchronousTestCase):
         again = self.parse(*argv)
         for name in ("max-connections", "max-client-connections", "max-client-rate"):
             self.assertEqual(again[name], options[name])
+
+    def test_drainTimeout(self) -> None:
+        self.assertEqual(self.parse()["drain-timeout"], 10.0)
+        argv = _workerOptions(self.parse("--drain-timeout=3"), Path("/ca"))
+        self.assertIn("--drain-timeout=3.0", argv)
+        self.assertEqual(self.parse(*argv)["drain-timeout"], 3.0)
+
+    def test_workerProxied(self) -> None:
+        """The master tells a worker which inherited sockets take PROXY headers, by index."""
+        options = self.parse("--worker-proxied=1", "--worker-proxied=3")
+        self.assertEqual(options["worker-proxied"], {1, 3})
+        with self.assertRaises(UsageError):
+            self.parse("--worker-proxied=x")
 
     def test_relayBuffer(self) -> None:
         self.assertEqual(self.parse()["relay-buffer"], 256 * 1024)

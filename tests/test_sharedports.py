@@ -167,7 +167,14 @@ class FakeReactor:
             self.adopted.append((fd, family, bool(probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))))
         finally:
             probe.detach()
-        return object()
+        return _FakePort()
+
+
+class _FakePort:
+    stopped = False
+
+    def stopListening(self) -> None:
+        self.stopped = True
 
 
 class AdoptedPortsTests(SynchronousTestCase):
@@ -178,10 +185,27 @@ class AdoptedPortsTests(SynchronousTestCase):
         stopListening(skt)
         fd = skt.dup().detach()
         reactor = FakeReactor()
-        AdoptedPorts(reactor, [(fd, 321)], None).startService()  # type: ignore[arg-type]
+        ports = AdoptedPorts(reactor, [(fd, 321)], None)  # type: ignore[arg-type]
+        ports.startService()
         self.assertEqual(reactor.adopted, [(fd, socket.AF_INET, True)])
-        with self.assertRaises(OSError) as caught:
-            socket.socket(fileno=fd)
-        self.assertEqual(caught.exception.errno, errno.EBADF)  # closed: the port holds its own
         if shutil.which("ss") is not None:
             self.assertEqual(listenBacklog(skt.getsockname()[1]), [321])
+
+    def test_stopTakesTheSocketOutOfItsGroup(self) -> None:
+        """A stopping worker stops the socket it shares with the master listening
+        (a balancer's check of the port then fails), and closes its descriptor."""
+        [skt] = bindShared("tcp:0:interface=127.0.0.1", 1)
+        self.addCleanup(skt.close)
+        fd = skt.dup().detach()
+        ports = AdoptedPorts(FakeReactor(), [(fd, 64)], None)  # type: ignore[arg-type]
+        ports.startService()
+        self.assertEqual(skt.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1)
+        [port] = ports.ports
+        ports.stopService()
+        self.assertTrue(port.stopped)  # type: ignore[attr-defined]
+        self.assertEqual(skt.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 0)
+        with self.assertRaises(ConnectionRefusedError):
+            socket.create_connection(skt.getsockname(), timeout=5)
+        with self.assertRaises(OSError) as caught:
+            socket.socket(fileno=fd)
+        self.assertEqual(caught.exception.errno, errno.EBADF)

@@ -39,6 +39,7 @@ from twisted.internet.interfaces import IDelayedCall, IProtocol, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from etpmitm import metrics
 from etpmitm.addresses import unmap
 from etpmitm.audit import Action, ConnectionRecord
 from etpmitm.blockpage import BlockResponse
@@ -46,6 +47,7 @@ from etpmitm.clienthello import ClientHello, NotTLS
 from etpmitm.gateway.device import deviceTLS
 from etpmitm.gateway.layers import OpaqueRelay, Pipe, Side
 from etpmitm.gateway.origdst import Destination
+from etpmitm.gateway.proxyheader import ProxyHeader
 from etpmitm.gateway.origin import (
     OriginCertificate,
     OriginError,
@@ -63,6 +65,7 @@ from etpmitm.gateway.settings import GatewaySettings, LeafContexts
 from etpmitm.learning import Key, Learned, bypass_key
 from etpmitm.mint import LeafName, name_text, origin_names
 from etpmitm.origintrust import OriginVerdict
+from etpmitm.threat.judge import decide_connection, decide_request, needs_names
 
 log = Logger()
 
@@ -113,6 +116,9 @@ class DeviceSocket(TypingProtocol):
     @property
     def bufferedSize(self) -> int: ...
 
+    proxied: ProxyHeader | None
+    """What a balancer's PROXY header said (device and destination), if the listener takes one."""
+
     def handOver(self, protocol: IProtocol) -> None:
         """Give the socket to ``protocol``, replaying the bytes buffered so far."""
 
@@ -131,6 +137,9 @@ class Connection:
             started=settings.clock.seconds(),
         )
         self.client = unmap(peer.host)
+        if device.proxied is not None:  # behind a balancer: the device is the header's source
+            source = device.proxied.source
+            self.record.client, self.client = f"{source.ip}:{source.port}", source.ip
         self.destination: Destination | None = None
         self.hello: ClientHello | None = None
         self._timer: IDelayedCall | None = None
@@ -144,6 +153,8 @@ class Connection:
         self._pipe: Pipe | None = None
         self._resumable: OriginTLS | None = None
         self._aborted = False
+        self._phaseStarted = 0.0
+        """When the origin's or the device's handshake began (for the metrics)."""
 
     # -- the one place where state changes ----------------------------------------
 
@@ -162,16 +173,23 @@ class Connection:
     def accepted(self) -> None:
         """The socket was accepted: where was it going?"""
         tcp = self._device.tcp
-        try:
-            dst = self.settings.originalDestination(tcp)
-        except OSError as e:
-            self._refuse(f"not redirected: no original destination ({e.strerror})")
-            return
-        self.record.destination = str(dst)
-        host = tcp.getHost()
-        if dst.port == host.port and dst.ip == unmap(host.host):
-            self._refuse("not redirected: addressed to the gateway's own listening address")
-            return
+        if self._device.proxied is not None:
+            dst = self._device.proxied.destination
+            self.record.destination = str(dst)
+            if dst.ip == unmap(tcp.getPeer().host):
+                self._refuse(f"addressed to the balancer itself ({dst}): its PROXY header names no original destination")
+                return
+        else:
+            try:
+                dst = self.settings.originalDestination(tcp)
+            except OSError as e:
+                self._refuse(f"not redirected: no original destination ({e.strerror})")
+                return
+            self.record.destination = str(dst)
+            host = tcp.getHost()
+            if dst.port == host.port and dst.ip == unmap(host.host):
+                self._refuse("not redirected: addressed to the gateway's own listening address")
+                return
         if self.settings.isLocal(dst.ip):
             self._refuse(f"addressed to the gateway itself ({dst}): it relays to no local service")
             return
@@ -181,6 +199,7 @@ class Connection:
     def helloRead(self, result: ClientHello | NotTLS) -> None:
         """The first bytes were judged: a whole ClientHello, or not TLS."""
         self._go(S.DECIDING)
+        metrics.current.handshake("client_hello", self.settings.clock.seconds() - self.record.started)
         if isinstance(result, NotTLS) and result.malformed:
             # Broken TLS is refused, never passed through uninspected.
             self._refuse(f"malformed ClientHello: {result.reason}")
@@ -219,6 +238,7 @@ class Connection:
         if side is self._originSide and self.state is S.CONNECTING_ORIGIN:
             self._originReady()
         elif side is self._deviceSide and self.state is S.HANDSHAKING_DEVICE:
+            metrics.current.handshake("device", self.settings.clock.seconds() - self._phaseStarted)
             self._relay()
 
     def sideData(self, side: Side, data: bytes) -> None:
@@ -278,7 +298,8 @@ class Connection:
                 self._close("close", "encrypted_client_hello; closed by policy (traffic.ech = close)")
                 return
         dst = self._destination()
-        if policy.needs_names(sni=hello.sni, destination=dst.ip, port=dst.port, client=self.client, ech=hello.has_ech):
+        lists = self.settings.policy.lists
+        if needs_names(policy, lists, sni=hello.sni, destination=dst.ip, port=dst.port, client=self.client, ech=hello.has_ech):
             self._connectOrigin(decided=False)  # decide once the certificate's names are known
             return
         action, reason = self._choose()
@@ -291,15 +312,18 @@ class Connection:
         """The one copy of the decision: policy rules, then learned bypasses."""
         hello, dst = self.hello, self._destination()
         assert hello is not None
-        decision = self.settings.policy.current.decide(
-            sni=hello.sni, destination=dst.ip, port=dst.port, client=self.client, names=names, ech=hello.has_ech
+        holder = self.settings.policy
+        decision = decide_connection(
+            holder.current, holder.lists,
+            sni=hello.sni, destination=dst.ip, port=dst.port, client=self.client, names=names, ech=hello.has_ech,
         )
         self.record.policy = decision.reason
+        self.record.category = decision.category
         if decision.action == "bypass":
             return "splice", "bypassed by policy"
         if decision.action == "block":
             return "block", f"blocked by policy: {decision.reason}"
-        if self.settings.policy.learned.is_bypassed(self._learnedKey(), self.client, self.settings.clock.seconds()):
+        if decision.category is None and self.settings.policy.learned.is_bypassed(self._learnedKey(), self.client, self.settings.clock.seconds()):
             return "splice", LEARNED_BYPASS
         return "intercept", ""
 
@@ -312,7 +336,8 @@ class Connection:
         else:
             self.record.action = "block"
             self.record.refused(reason)
-            self._serveBlockPage(self.settings.leaves, BlockResponse.render(self._requestedHost(), reason, "policy", status=403))
+            page = BlockResponse.render(self._requestedHost(), reason, "policy", status=403, category=self.record.category)
+            self._serveBlockPage(self.settings.leaves, page)
 
     # -- splicing ------------------------------------------------------------------------
 
@@ -344,6 +369,7 @@ class Connection:
         self._go(S.CONNECTING_ORIGIN)
         self.record.action = "intercept"
         self._decided = decided
+        self._phaseStarted = self.settings.clock.seconds()
         hello, settings = self.hello, self.settings
         assert hello is not None
         side = self._originSide = Side("origin", self)
@@ -381,6 +407,7 @@ class Connection:
         origin, side, hello = self._origin, self._originSide, self.hello
         assert origin is not None and side is not None and hello is not None
         origin.tls.pauseProducing()  # its bytes wait until relaying
+        metrics.current.handshake("origin", self.settings.clock.seconds() - self._phaseStarted)
         if origin.record.certificateRequested:
             self._learnClientCertificate()
             return
@@ -452,6 +479,7 @@ class Connection:
             self._refuse(f"cannot mint a certificate for this origin: {e}")
             return
         self._go(S.HANDSHAKING_DEVICE)
+        self._phaseStarted = self.settings.clock.seconds()
         device = self._deviceSide = Side("device", self, alpn=alpn)
         self._device.handOver(deviceTLS(context, device))
 
@@ -490,8 +518,9 @@ class Connection:
     def _judge(self, head: RequestHead) -> RequestVerdict:
         """What the policy in force says of one request on this connection."""
         dst = self._destination()
-        return self.settings.policy.current.decide_request(
-            head, sni=self.record.sni, destination=dst.ip, port=dst.port, client=self.client
+        holder = self.settings.policy
+        return decide_request(
+            holder.current, holder.lists, head, sni=self.record.sni, destination=dst.ip, port=dst.port, client=self.client
         )
 
     def _idleCheck(self) -> None:

@@ -141,6 +141,7 @@ class HTTP1Layer:
     @staticmethod
     def _fill(record: RequestRecord, exchange: Exchange) -> None:
         record.action, record.reason, record.rule = exchange.action, exchange.reason, exchange.rule
+        record.category = exchange.category
         record.status, record.response_content_type = exchange.status, exchange.content_type
         record.bytes_up, record.bytes_down = exchange.bytes_up, exchange.bytes_down
         record.upgrade = exchange.upgrade

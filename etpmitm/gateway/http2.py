@@ -240,10 +240,11 @@ class HTTP2Layer:
             self._answer(exchange, BlockResponse.render(head.authority, record.reason, "policy", status=405))
             return
         verdict = self._verdict(head)
-        record.reason, record.rule = verdict.reason, verdict.rule
+        record.reason, record.rule, record.category = verdict.reason, verdict.rule, verdict.category
         if verdict.action == "block":
             record.action = "block"
-            self._answer(exchange, BlockResponse.render(head.url, verdict.reason, "policy", status=403))
+            page = BlockResponse.render(head.url, verdict.reason, "policy", status=403, category=verdict.category)
+            self._answer(exchange, page)
             return
         exchange.request = headers
         self._waiting.append(exchange)

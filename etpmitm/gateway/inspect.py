@@ -18,6 +18,8 @@ from etpmitm.audit import ConnectionRecord
 from etpmitm.gateway.http1 import HTTP1Layer
 from etpmitm.gateway.http2 import http2Layer
 from etpmitm.gateway.layers import OpaqueRelay
+from etpmitm.gateway.scanhttp1 import ScanningHTTP1Layer
+from etpmitm.gateway.scanhttp2 import scanningHTTP2Layer
 from etpmitm.gateway.settings import GatewaySettings
 from etpmitm.http import Judge
 from etpmitm.interfaces import ILayer, ILayerLink
@@ -44,18 +46,27 @@ def inspectingLayer(
             return OpaqueRelay()
         rule = judge or connectionJudge
 
+        scanner = settings.currentScanner()
+
         def http1() -> ILayer:
+            if scanner is not None:
+                return ScanningHTTP1Layer(
+                    record, settings.clock, rule, scanner=scanner, maxHeaders=policy.max_headers,
+                    stripAltSvc=policy.strip_quic, keepQuery=lambda: settings.policy.current.audit_query,
+                )
             return HTTP1Layer(
                 record, settings.clock, rule, maxHeaders=policy.max_headers, stripAltSvc=policy.strip_quic,
                 keepQuery=lambda: settings.policy.current.audit_query,
             )
 
         if record.alpn == "h2":
+            if scanner is not None:
+                return scanningHTTP2Layer(settings, record, rule, scanner)
             return http2Layer(settings, record, rule)
         if record.alpn == "http/1.1":
             return http1()
         if record.alpn is None:
-            return FirstBytes(http1)
+            return FirstBytes(http1, paced=scanner is not None)
         return OpaqueRelay()  # a protocol the gateway does not inspect
 
     return layerFor
@@ -80,8 +91,10 @@ class FirstBytes:
 
     name = "sniffing"
 
-    def __init__(self, http1: Callable[[], ILayer]) -> None:
+    def __init__(self, http1: Callable[[], ILayer], paced: bool = False) -> None:
         self._http1 = http1
+        self.paced = paced
+        """Whether the layer it hands over to asks ``whenDrained``."""
         self._held = b""
         self._inner: ILayer | None = None
 

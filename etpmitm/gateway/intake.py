@@ -16,11 +16,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from etpmitm.addresses import unmap
+from etpmitm import metrics
+from etpmitm.addresses import IPAddress, unmap
 from etpmitm.admission import RateLimitedLog, refusal_kind
 from etpmitm.clienthello import ClientHelloParser, NeedMore
 from etpmitm.gateway.connection import Connection
 from etpmitm.gateway.origin import tuneRelaySocket
+from etpmitm.gateway.proxyheader import ProxyHeader
 from etpmitm.gateway.settings import GatewaySettings
 
 log = Logger()
@@ -31,9 +33,12 @@ _SPENT = ClientHelloParser()
 class Intake(Protocol):
     """Peek at the first bytes, then become a pass-through."""
 
-    def __init__(self, settings: GatewaySettings, release: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, settings: GatewaySettings, release: Callable[[], None] = lambda: None,
+                 proxied: ProxyHeader | None = None) -> None:
         self.settings = settings
         self._release = release
+        self.proxied = proxied
+        """The balancer's PROXY header, on a ``haproxy:`` listener (see :mod:`.proxied`)."""
         self._parser = ClientHelloParser()
         self._judged = False
         self._late: list[bytes] = []  # bytes that came after the verdict, for the replay
@@ -125,22 +130,28 @@ class IntakeFactory(Factory):
         self.refusals = RateLimitedLog()
 
     def buildProtocol(self, addr: object) -> Intake | Refused:
+        return self.admit(lambda: unmap(addr.host))  # type: ignore[attr-defined]
+
+    def admit(self, client: Callable[[], IPAddress], proxied: ProxyHeader | None = None) -> Intake | Refused:
+        """An :class:`Intake` for a connection from ``client()``, or :class:`Refused` past a limit."""
         admission = self.settings.admission
         if admission is None:
-            intake = Intake(self.settings)
+            intake = Intake(self.settings, proxied=proxied)
         else:
-            client = unmap(addr.host)  # type: ignore[attr-defined]
+            address = client()
             now = self.settings.clock.seconds()
-            refusal = admission.admit(client, now)
+            refusal = admission.admit(address, now)
             if refusal is not None:
                 self._logRefusal(refusal, now)
                 return Refused()
-            intake = Intake(self.settings, lambda: admission.release(client))
+            intake = Intake(self.settings, lambda: admission.release(address), proxied)
         intake.factory = self
         return intake
 
     def _logRefusal(self, reason: str, now: float) -> None:
-        show, suppressed = self.refusals.check(refusal_kind(reason), now)
+        kind = refusal_kind(reason)
+        metrics.current.admissionRefused(kind)
+        show, suppressed = self.refusals.check(kind, now)
         if show:
             more = f" ({suppressed} more refused for the same kind of limit since the last line)" if suppressed else ""
             log.warn("refused a connection: {reason}{more}", reason=reason, more=more)

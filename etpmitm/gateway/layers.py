@@ -11,7 +11,7 @@ reader pauses the fast writer), passes each direction's end on separately
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol as TypingProtocol
+from typing import Any, Callable, Literal, Protocol as TypingProtocol
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IReactorTime
@@ -105,12 +105,20 @@ class Pipe:
         """Worth auditing, but not an error (the first one is kept)."""
         self._closing = False
         self._coupled = False
+        self._drains: dict[str, _Drain] = {}
+        self._ending: Side | None = None
+        """A side whose peer is gone, left open while the layer passes on what it holds for it."""
 
     def start(self) -> None:
         """Wire the producers, start the layer, then deliver what arrived early."""
         device, origin = self.device, self.origin
-        _transport(device).registerProducer(_transport(origin), True)
-        _transport(origin).registerProducer(_transport(device), True)
+        if getattr(self.layer, "paced", False):  # the layer asks whenDrained: watch each side drain
+            self._drains = {"device": _Drain(_transport(origin)), "origin": _Drain(_transport(device))}
+            _transport(device).registerProducer(self._drains["device"], True)
+            _transport(origin).registerProducer(self._drains["origin"], True)
+        else:
+            _transport(device).registerProducer(_transport(origin), True)
+            _transport(origin).registerProducer(_transport(device), True)
         self._coupled = True
         for side in (device, origin):
             quietEvents(side.transport)  # both handshakes are done: events need no logging context
@@ -146,9 +154,14 @@ class Pipe:
         if not peer.connected:
             self.layer.closed()
             return
+        clean = isinstance(reason.value, ConnectionDone)
+        holdsFor = getattr(self.layer, "holdsFor", None)
+        if clean and not self._closing and holdsFor is not None and holdsFor(peer.name):
+            self._ending = peer  # the layer passes on what it holds for the peer, then ends it
+            return
         self._decouple()  # the lost side can produce no more; a TLS close then proceeds
         transport = _transport(peer)
-        if isinstance(reason.value, ConnectionDone) or self._closing:
+        if clean or self._closing:
             transport.loseConnection()
             return
         lost = f"{side.name} connection lost: {reason.getErrorMessage()}"
@@ -200,6 +213,13 @@ class Pipe:
     def resumeReading(self, side: str) -> None:
         _transport(self._named(side)).resumeProducing()
 
+    def whenDrained(self, side: str, callback: Callable[[], None]) -> bool:
+        drain = self._drains.get(side) if self._coupled else None
+        if drain is None or not drain.paused:
+            return False
+        drain.waiting.append(callback)
+        return True
+
     def fail(self, reason: str) -> None:
         if self.error is None:
             self.error = reason
@@ -234,6 +254,10 @@ class Pipe:
     def _endTo(self, side: Side, clean: bool) -> None:
         if side.writeEnded or not side.connected:
             return
+        if side is self._ending:  # its peer is gone: close it now, as lost() would have
+            self._decouple()
+            _transport(side).loseConnection()
+            return
         side.writeEnded = True
         transport = _transport(side)
         if isinstance(transport, HalfCloseableTLS):
@@ -253,6 +277,33 @@ class Pipe:
 
 def _transport(side: Side) -> Any:
     return side.transport
+
+
+class _Drain:
+    """The producer registered with one side: the other side's transport, plus
+    whether this side is keeping up, and who waits for it to drain."""
+
+    __slots__ = ("_producer", "paused", "waiting")
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+        self.paused = False
+        self.waiting: list[Callable[[], None]] = []
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self._producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._producer.resumeProducing()
+        waiting, self.waiting = self.waiting, []
+        for callback in waiting:
+            callback()
+
+    def stopProducing(self) -> None:
+        self.waiting = []
+        self._producer.stopProducing()
 
 
 @implementer(ILayer)

@@ -7,7 +7,9 @@ from pathlib import Path
 import attrs
 from twisted.logger import Logger
 
+from etpmitm import metrics
 from etpmitm.learning import LearnedBypass
+from etpmitm.threat.judge import NO_LISTS, ThreatLists
 from etpmitm.policy import DEFAULT_POLICY, LearningSettings, Policy, PolicyError, load_policy
 
 log = Logger()
@@ -28,6 +30,8 @@ class PolicyHolder:
     path: Path | None = None
     current: Policy = DEFAULT_POLICY
     learned: LearnedBypass = attrs.field(default=attrs.Factory(lambda self: _learnedFor(self.current.learning), takes_self=True))
+    lists: ThreatLists = NO_LISTS
+    """The threat lists in force, replaced whole by :mod:`etpmitm.threat.keeper` (or the master)."""
 
     @classmethod
     def load(cls, path: Path | None) -> PolicyHolder:
@@ -45,10 +49,13 @@ class PolicyHolder:
             policy = load_policy(self.path)
         except PolicyError as e:
             log.error("policy reload failed, keeping the previous policy: {error}", error=str(e))
+            metrics.current.policyReloaded(ok=False)
             return False
         if policy.learning != self.current.learning:
             self.learned = _learnedFor(policy.learning)
+            metrics.current.bypassesActive(0)
         self.current = policy
+        metrics.current.policyReloaded(ok=True)
         log.info(
             "policy reloaded from {path}: {count} rules, untrusted={untrusted}",
             path=str(self.path),

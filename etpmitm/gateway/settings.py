@@ -16,11 +16,13 @@ from etpmitm.addresses import IPAddress
 from etpmitm.gateway.origdst import Destination, LocalAddresses, transportDestination
 from etpmitm.gateway.origin import RELAY_BUFFER, OriginCertificates, OriginSessions
 from etpmitm.gateway.policyholder import PolicyHolder
+from etpmitm.gateway.scanners import ScannerHolder
 from etpmitm.http import Judge
 from etpmitm.interfaces import ILayer
 from etpmitm.lru import LRUCache
 from etpmitm.learning import Learned
 from etpmitm.mint import LeafName
+from etpmitm.scanning import IContentScanner
 
 
 class LeafContexts(Protocol):
@@ -63,3 +65,13 @@ class GatewaySettings:
     """Tell the other workers of a bypass this one learned (see ``etpmitm.workers``)."""
     admission: Admission | None = None
     """Connection limits (``--max-connections`` and friends); None: no limits."""
+    scanner: IContentScanner | None = None
+    """A fixed content scanner the HTTP layers hold messages for (tests); None: see ``scanners``."""
+    scanners: ScannerHolder | None = None
+    """The scanner of the policy's ``[icap]``, swapped on reload (the service sets it; it wins over ``scanner``)."""
+
+    def currentScanner(self) -> IContentScanner | None:
+        """The scanner for a connection starting now (it keeps it); None: no scanning."""
+        if self.scanners is not None:
+            return self.scanners.current
+        return self.scanner

@@ -66,6 +66,10 @@ a connection, only to the requests on intercepted ones
 ``match``, if any, is then optional.  URL patterns are described in
 :mod:`etpmitm.policy.urls`.
 
+``[[list]]`` tables (``name``, ``file``, ``action``) name threat list files
+(:class:`~etpmitm.policy.listspec.ListSpec`); loading them and where they
+stand against the rules is :mod:`etpmitm.threat`'s business.
+
 Learned bypasses (:mod:`etpmitm.learning`) are for the gateway to apply
 after the rules, to connections the rules would intercept, so that they never
 override a ``block``.

@@ -14,6 +14,8 @@ from typing import Literal
 import attrs
 
 from etpmitm.http import RequestHead, RequestVerdict
+from etpmitm.icap.settings import IcapSettings
+from etpmitm.policy.listspec import ListSpec
 from etpmitm.policy.patterns import (
     HostPattern,
     IPAddress,
@@ -106,6 +108,8 @@ class Decision:
     rule: Rule | None
     """The rule that matched; None for the default and for ECH modes."""
     reason: str
+    category: str | None = None
+    """The threat list that matched, if any (:mod:`etpmitm.threat.judge`)."""
 
 
 @attrs.frozen
@@ -208,6 +212,10 @@ class Policy:
     """``[inspect] max_headers``: more header fields in one request is refused (400)."""
     audit_query: bool = False
     """``[audit] query``: log request paths with their query string."""
+    icap: IcapSettings | None = None
+    """``[icap]``: the content scanner's settings, or None: no scanning."""
+    lists: tuple[ListSpec, ...] = ()
+    """``[[list]]``: threat list files, in policy order (:mod:`etpmitm.threat`)."""
     _index: _Index = attrs.field(
         init=False, eq=False, repr=False, default=attrs.Factory(_make_index, takes_self=True)
     )

@@ -25,6 +25,8 @@ from etpmitm.policy.decide import (
     Policy,
     Rule,
 )
+from etpmitm.icap.settings import ICAP_KEYS, IcapSettings, parse_icap
+from etpmitm.policy.listspec import LIST_ACTIONS, ListSpec
 from etpmitm.policy.urls import parse_url_pattern
 from etpmitm.policy.lines import KeyLines
 from etpmitm.policy.lines import Path as KeyPath
@@ -41,11 +43,13 @@ _SECTIONS: dict[str, Collection[str]] = {
     "learning": ("enabled", "failures", "window", "ttl", "max_entries", "scope", "min_clients"),
     "inspect": ("http", "strip_quic", "max_headers"),
     "audit": ("query",),
+    "icap": ICAP_KEYS,
 }
 _RULE_KEYS = ("match", "urls", "methods", "action", "ports", "clients", "name")
 _MAX_HEADERS = 10_000
 _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_TOP_LEVEL = (*_SECTIONS, "rule")
+_LIST_KEYS = ("name", "file", "action")
+_TOP_LEVEL = (*_SECTIONS, "rule", "list")
 _DEFAULT_LEARNING = LearningSettings()
 _LONG_NUMBER = re.compile(r"[0-9_]{4000,}")
 _TOML_WHERE = re.compile(r"\s*\((?:at line (\d+), column (\d+)|at end of document)\)$")
@@ -76,11 +80,15 @@ def load_policy(path: Path) -> Policy:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise PolicyError(str(path), line, f"not UTF-8 (byte 0x{data[e.start]:02x})") from None
-    return parse_policy(text, str(path))
+    return parse_policy(text, str(path), path.parent)
 
 
-def parse_policy(text: str, source: str = "policy") -> Policy:
-    """Parse and check a policy document; *source* names it in error messages."""
+def parse_policy(text: str, source: str = "policy", base: Path | None = None) -> Policy:
+    """Parse and check a policy document; *source* names it in error messages.
+
+    A relative ``[[list]] file`` is relative to *base* (the policy file's
+    directory), else to the working directory.
+    """
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -99,19 +107,20 @@ def parse_policy(text: str, source: str = "policy") -> Policy:
         raise PolicyError(source, line, f"TOML syntax error: {str(e).partition(';')[0]}") from None
     except RecursionError:
         raise PolicyError(source, None, "TOML syntax error: nested too deeply") from None
-    return _Checker(source, KeyLines(text)).policy(document)
+    return _Checker(source, KeyLines(text), base).policy(document)
 
 
 class _Checker:
     """Turns the parsed document into a :class:`Policy`, or raises at the first problem."""
 
-    def __init__(self, source: str, lines: KeyLines) -> None:
+    def __init__(self, source: str, lines: KeyLines, base: Path | None = None) -> None:
         self._source = source
         self._lines = lines
+        self._base = base
 
     def fail(self, path: KeyPath, problem: str) -> NoReturn:
-        if len(path) >= 2 and path[0] == "rule" and isinstance(path[1], int):
-            problem = f"rule {path[1] + 1}: {problem}"
+        if len(path) >= 2 and path[0] in ("rule", "list") and isinstance(path[1], int):
+            problem = f"{path[0]} {path[1] + 1}: {problem}"
         elif len(path) >= 2 and path[0] in _SECTIONS:
             problem = f"[{path[0]}] {problem}"
         raise PolicyError(self._source, self._lines.line(path), problem)
@@ -136,7 +145,14 @@ class _Checker:
             strip_quic=self.flag(inspect, ("inspect", "strip_quic"), True),
             max_headers=self.max_headers(inspect),
             audit_query=self.flag(audit, ("audit", "query"), False),
+            icap=self.icap(document),
+            lists=self.lists(document.get("list", [])),
         )
+
+    def icap(self, document: Mapping[str, object]) -> IcapSettings | None:
+        if "icap" not in document:
+            return None
+        return parse_icap(self.section(document, "icap"), lambda key, problem: self.fail(("icap", key), problem))
 
     def section(self, document: Mapping[str, object], name: str) -> dict[str, object]:
         table = document.get(name, {})
@@ -214,6 +230,30 @@ class _Checker:
                 self.fail(("rule", index), "must be a table, written [[rule]]")
             rules.append(self.rule(table, index))
         return tuple(rules)
+
+    def lists(self, value: object) -> tuple[ListSpec, ...]:
+        if not isinstance(value, list):
+            self.fail(("list",), "threat lists must be written as [[list]] tables")
+        specs: list[ListSpec] = []
+        for index, table in enumerate(value):
+            path: KeyPath = ("list", index)
+            if not isinstance(table, dict):
+                self.fail(path, "must be a table, written [[list]]")
+            self.known_keys(table, path, _LIST_KEYS)
+            for key in ("name", "file", "action"):
+                if key not in table:
+                    self.fail(path, f"{key} is missing")
+                if key != "action" and (not isinstance(table[key], str) or not table[key]):
+                    self.fail((*path, key), f"{key} must be a non-empty string, not {_show(table[key])}")
+            name = table["name"]
+            if any(spec.name == name for spec in specs):
+                self.fail((*path, "name"), f"another list is already named {_show(name)}")
+            file = Path(table["file"])
+            if not file.is_absolute() and self._base is not None:
+                file = self._base / file
+            action = self.choice(table, (*path, "action"), LIST_ACTIONS, "block")
+            specs.append(ListSpec(name, file, action, self._lines.line(path)))
+        return tuple(specs)
 
     def rule(self, table: Mapping[str, object], index: int) -> Rule:
         path: KeyPath = ("rule", index)

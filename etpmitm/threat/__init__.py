@@ -1,0 +1,1 @@
+"""Threat lists: known-bad domains and URLs, each list a category (see the README)."""
