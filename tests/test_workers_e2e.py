@@ -80,9 +80,14 @@ class WorkersEndToEndTests(TestCase):
         assert self.env.gateway is not None
         self.master = self.env.gateway.pid
         self.assertTrue(wait_until(lambda: len(self.workers()) == 2), "the master does not run two workers")
+        # A worker restarted by an earlier test may not have put its socket back yet.
+        self.assertTrue(wait_until(self.bothListen, timeout=60), self.env.log()[-3000:])
 
     def workers(self) -> list[int]:
         return live_children(self.master)
+
+    def bothListen(self) -> bool:
+        return len(listen_backlogs(self.env.lab.gateway, GATEWAY_PORT)) == 2
 
     def events(self) -> list[tuple[str, str, int]]:
         return [(a, o, int(p)) for a, o, p in AUDIT_PID.findall(self.env.log())]
@@ -141,7 +146,8 @@ class WorkersEndToEndTests(TestCase):
         self.assertIn("restarting it in", line)
         self.assertTrue(wait_until(lambda: len(self.workers()) == 2 and first not in self.workers()))
         self.assertIn(second, self.workers())
-        self.assertEqual(self.fetch(10), ["origin ok"] * 10)
+        self.assertEqual(self.fetch(10), ["origin ok"] * 10)  # served meanwhile
+        self.assertTrue(wait_until(self.bothListen, timeout=60), "the replacement does not take its socket back")
 
 
 class CrashLoop:
