@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import re
 import socket
 from typing import Sequence
@@ -111,12 +110,16 @@ def stopListening(skt: socket.socket) -> None:
     none is left).  Connections already in its queue are reset, or moved
     to another socket of the group where ``net.ipv4.tcp_migrate_req`` is 1.
     ``listen()`` puts it back in the group, with no new ``bind()``.
+
+    A socket that is not listening (its worker died before it listened) is
+    left alone: Linux fails ``shutdown(SHUT_RD)`` on it with ``ENOTCONN``
+    but still marks it shut for reading, a mark that ``listen()`` keeps and
+    every connection it accepts inherits, so each would read end-of-file at
+    once.
     """
-    try:
-        skt.shutdown(socket.SHUT_RD)
-    except OSError as e:
-        if e.errno != errno.ENOTCONN:  # not listening already
-            raise
+    if not skt.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        return
+    skt.shutdown(socket.SHUT_RD)
 
 
 class AdoptedPorts(Service):

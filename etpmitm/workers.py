@@ -37,6 +37,7 @@ import signal
 import socket
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from twisted.application.service import Service
@@ -63,12 +64,28 @@ TO_MASTER_FD = 3
 YOUNG = 10.0
 """A worker that exits sooner than this after its start counts as dying young."""
 MAX_RESTART_DELAY = 30.0
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
 def workerCommand(options: Sequence[str], backlogs: Sequence[int]) -> list[str]:
     """The command line of one worker: the master's options and the inherited sockets."""
     inherited = [f"--worker-listen={FIRST_LISTEN_FD + i}:{backlog}" for i, backlog in enumerate(backlogs)]
     return [sys.executable, "-m", "etpmitm.worker", *options, *inherited]
+
+
+def migrationWarning(setting: Path | None = None) -> str | None:
+    """Why connections may be lost when a worker dies: those waiting in its
+    queue are reset, not moved to a live worker, while ``tcp_migrate_req`` is
+    0 (the default, in every network namespace).  None when it is set, or
+    cannot be read (before Linux 5.14 there is no such setting)."""
+    try:
+        value = (setting or MIGRATE_REQ).read_text().strip()
+    except OSError:
+        return None
+    if value != "0":
+        return None
+    return ("net.ipv4.tcp_migrate_req is 0: connections waiting for a worker that dies are reset "
+            "instead of moved to a live worker (deploy/sysctl.conf sets it to 1)")
 
 
 @contextmanager
@@ -178,6 +195,9 @@ class WorkerPool(Service):
     def startService(self) -> None:
         super().startService()
         signal.signal(signal.SIGHUP, self._onHangup)
+        warning = migrationWarning()
+        if warning is not None:
+            log.warn("{warning}", warning=warning)
         for slot in range(len(self._sockets)):
             self._spawn(slot)
 

@@ -9,11 +9,15 @@ registered producer is paused once too much is in flight).  Each transport
 behaves as ``twisted.internet.tcp.Connection`` does for the calls the
 gateway makes: a FIN reaches an ``IHalfCloseableProtocol`` as
 ``readConnectionLost``; ``loseConnection`` flushes, then closes both ways;
-``abortConnection`` resets (the peer sees ``ConnectionLost``).
+``abortConnection`` resets (the peer sees ``ConnectionLost``).  A paused
+reader still hears its peer's FIN or reset at once, unless its end
+``holdsEndsWhilePaused`` as Twisted's sockets do (they read nothing while
+paused); ``getHandle()`` offers a non-blocking peek at what waits.
 """
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from typing import Any
 
@@ -46,6 +50,7 @@ class MemoryTCP:
         self.bufferSize = 65536
         self.aborted = False
         self.written = 0
+        self.holdsEndsWhilePaused = False
 
     # -- ITCPTransport ----------------------------------------------------------------
 
@@ -116,7 +121,7 @@ class MemoryTCP:
         return self.noDelay
 
     def getHandle(self) -> Any:
-        raise NotImplementedError("an in-memory transport has no socket")
+        return MemorySocket(self)
 
     # -- delivery ----------------------------------------------------------------
 
@@ -128,7 +133,7 @@ class MemoryTCP:
         if not self.connected or not self.inbox:
             return False
         kind, data = self.inbox[0]
-        if kind == "data" and self.paused:
+        if self.paused and (kind == "data" or (self.holdsEndsWhilePaused and kind in ("fin", "reset"))):
             return False
         if kind == "closed" and self.other.connected and self.other.pendingBytes():
             return False
@@ -169,6 +174,26 @@ class MemoryTCP:
             self.writeEnded = True  # a closed socket sends its FIN
             self.other.inbox.append(("fin", b""))
         self.protocol.connectionLost(Failure(reason))
+
+
+class MemorySocket:
+    """What an end's ``getHandle()`` offers: a non-blocking peek, nothing else."""
+
+    def __init__(self, end: MemoryTCP) -> None:
+        self._end = end
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if flags != socket.MSG_PEEK | socket.MSG_DONTWAIT:
+            raise NotImplementedError("an in-memory socket only peeks")
+        if self._end.inbox:
+            kind, data = self._end.inbox[0]
+            if kind == "data":
+                return data[:size]
+            if kind == "fin":
+                return b""
+            if kind == "reset":
+                raise ConnectionResetError("Connection reset by peer")
+        raise BlockingIOError("nothing waits")
 
 
 class Net:

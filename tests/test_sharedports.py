@@ -147,6 +147,24 @@ class StopListeningTests(SynchronousTestCase):
         self.connect(3)
         self.assertEqual(accepted(self.sockets[0]), 3)
 
+    def test_stoppedTwiceThenListeningReadsWhatClientsSend(self) -> None:
+        """A worker that died before it listened is stopped a second time: the
+        socket must come back whole, its connections not at end-of-file."""
+        for skt in self.sockets:
+            stopListening(skt)
+            stopListening(skt)
+        self.sockets[0].listen(64)
+        client = socket.create_connection(self.address, timeout=5)
+        self.addCleanup(client.close)
+        server, _ = self.sockets[0].accept()
+        self.addCleanup(server.close)
+        server.setblocking(False)
+        with self.assertRaises(BlockingIOError):  # nothing sent yet: no end-of-file either
+            server.recv(1)
+        client.sendall(b"hello")
+        server.settimeout(5)
+        self.assertEqual(server.recv(5), b"hello")
+
     def test_queuedConnectionsAreReset(self) -> None:
         """Not left hanging: reset (or moved, with net.ipv4.tcp_migrate_req)."""
         stopListening(self.sockets[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -122,6 +123,26 @@ class PoolTests(SynchronousTestCase):
         self.reactor.advance(1)
         self.assertEqual(self.reactor.spawned[-1][2][FIRST_LISTEN_FD], self.sockets[0][0].fileno())
 
+    def test_aWorkerDeadBeforeItsReplacementListenedLeavesTheSocketWhole(self) -> None:
+        """Its replacement dies before it listens: stopped twice, the socket must
+        still hand out connections that wait for data, not ones at end-of-file."""
+        self.worker(0).processEnded(Failure(ProcessTerminated(signal=9)))
+        self.reactor.advance(1)
+        self.worker(0).processEnded(Failure(ProcessTerminated(signal=9)))  # never listened
+        self.reactor.advance(2)
+        self.worker(1).processEnded(Failure(ProcessTerminated(signal=9)))  # so connections come here
+        [skt] = self.sockets[0]
+        skt.listen(64)  # as the next replacement does
+        client = socket.create_connection(skt.getsockname(), timeout=5)
+        self.addCleanup(client.close)
+        skt.setblocking(True)
+        skt.settimeout(5)
+        server, _ = skt.accept()
+        self.addCleanup(server.close)
+        server.setblocking(False)
+        with self.assertRaises(BlockingIOError):
+            server.recv(1)
+
     def test_workerLogEventsReachTheMastersObserver(self) -> None:
         event = {"log_namespace": "etpmitm.audit", "log_level": LogLevel.info, "log_time": 1.5,
                  "log_format": "a -> {dest} pid={pid}", "dest": "b", "pid": 7}
@@ -169,3 +190,34 @@ class PoolTests(SynchronousTestCase):
         running.processEnded(Failure(ProcessTerminated(signal=9)))
         self.successResultOf(stopped)
         self.assertEqual(len(self.reactor.spawned), 2)  # no restart while stopping
+
+
+class MigrationWarningTests(SynchronousTestCase):
+    def setting(self, text: str | None) -> Path:
+        path = Path(self.mktemp())
+        if text is not None:
+            path.write_text(text)
+        return path
+
+    def test_resetWhenZero(self) -> None:
+        warning = workers.migrationWarning(self.setting("0\n"))
+        assert warning is not None
+        self.assertIn("net.ipv4.tcp_migrate_req is 0", warning)
+
+    def test_silentWhenSetOrMissing(self) -> None:
+        self.assertIsNone(workers.migrationWarning(self.setting("1\n")))
+        self.assertIsNone(workers.migrationWarning(self.setting(None)))
+
+    def test_theMasterLogsItOnce(self) -> None:
+        self.patch(workers, "MIGRATE_REQ", self.setting("0\n"))
+        events: list[dict[str, Any]] = []
+        self.patch(workers, "log", Logger(observer=events.append))
+        self.patch(signal, "signal", lambda *args: None)
+        group = bindShared("tcp:0:interface=127.0.0.1", 2)
+        for skt in group:
+            self.addCleanup(skt.close)
+        pool = WorkerPool(FakeReactor(), [[group[0]], [group[1]]], [4096], [])  # type: ignore[arg-type]
+        pool.startService()
+        warnings = [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("tcp_migrate_req is 0", warnings[0])

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from tests.gatewaylab import TWISTD, GatewayLab, gateway_env, quoted, shared_lab
+from tests.gatewaylab import GATEWAY_PORT, TWISTD, GatewayLab, gateway_env, listen_backlogs, quoted, shared_lab
 from tests.lab import Lab, lab_unavailable
 
 ORIGIN = Lab.origin_ip
@@ -80,9 +80,14 @@ class WorkersEndToEndTests(TestCase):
         assert self.env.gateway is not None
         self.master = self.env.gateway.pid
         self.assertTrue(wait_until(lambda: len(self.workers()) == 2), "the master does not run two workers")
+        # A worker restarted by an earlier test may not have put its socket back yet.
+        self.assertTrue(wait_until(self.bothListen, timeout=60), self.env.log()[-3000:])
 
     def workers(self) -> list[int]:
         return live_children(self.master)
+
+    def bothListen(self) -> bool:
+        return len(listen_backlogs(self.env.lab.gateway, GATEWAY_PORT)) == 2
 
     def events(self) -> list[tuple[str, str, int]]:
         return [(a, o, int(p)) for a, o, p in AUDIT_PID.findall(self.env.log())]
@@ -141,7 +146,8 @@ class WorkersEndToEndTests(TestCase):
         self.assertIn("restarting it in", line)
         self.assertTrue(wait_until(lambda: len(self.workers()) == 2 and first not in self.workers()))
         self.assertIn(second, self.workers())
-        self.assertEqual(self.fetch(10), ["origin ok"] * 10)
+        self.assertEqual(self.fetch(10), ["origin ok"] * 10)  # served meanwhile
+        self.assertTrue(wait_until(self.bothListen, timeout=60), "the replacement does not take its socket back")
 
 
 class CrashLoop:
@@ -219,6 +225,31 @@ class SupervisionTests(TestCase):
         self.assertGreater(len(loop.kills), 0)
         served = AUDIT_PID.findall(self.env.log())[before:]
         self.assertEqual({int(pid) for _, _, pid in served}, {survivor})
+
+
+    def test_aWorkerThatDiedBeforeListeningLeavesItsSocketWhole(self) -> None:
+        """The victim's replacements are killed before they listen, so the master
+        takes their socket out of its group a second time; the worker that then
+        lives serves the connections that reach it, once the survivor is gone too."""
+        survivor, _ = live_children(self.master)
+        loop = CrashLoop(self.master, survivor)
+        try:
+            # Two workers: the victim, and one replacement (a pid may be killed twice).
+            self.assertTrue(wait_until(lambda: len(set(loop.kills)) >= 2, timeout=60), self.env.log()[-3000:])
+        finally:
+            loop.stop()
+        both = wait_until(lambda: len(listen_backlogs(self.env.lab.gateway, GATEWAY_PORT)) == 2, timeout=90)
+        self.assertTrue(both, self.env.log()[-3000:])
+        before = len(AUDIT_PID.findall(self.env.log()))
+        os.kill(survivor, signal.SIGKILL)
+        self.env.wait_for_log(f"(pid {survivor})")  # out of the group: the replacement's socket takes them
+        curl = quoted("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}\\n", "--max-time", "20",
+                      "--cacert", self.env.root, "--resolve", f"origin.test:443:{ORIGIN}", "https://origin.test/")
+        done = self.env.shell(f"for i in $(seq 10); do {curl}; done")
+        self.assertEqual((done.stdout.split(), done.stderr), (["200"] * 10, ""))
+        self.assertTrue(wait_until(lambda: len(AUDIT_PID.findall(self.env.log())) >= before + 10))
+        served = AUDIT_PID.findall(self.env.log())[before:]
+        self.assertEqual({(a, o) for a, o, _ in served}, {("intercept", "ok")})
 
 
 class MasterLifetimeTests(TestCase):

@@ -122,6 +122,9 @@ class DeviceSocket(TypingProtocol):
     def handOver(self, protocol: IProtocol) -> None:
         """Give the socket to ``protocol``, replaying the bytes buffered so far."""
 
+    def hungUp(self) -> bool:
+        """Whether the device's FIN or reset already waits, unread, on the socket."""
+
 
 class Connection:
     """One device connection: its context, its state, and its audit record."""
@@ -477,6 +480,12 @@ class Connection:
             context = leaves.contextFor(facts.names, facts.certificate)
         except Exception as e:  # a certificate we cannot mimic must not crash the gateway
             self._refuse(f"cannot mint a certificate for this origin: {e}")
+            return
+        if self._device.hungUp():
+            # It left while the gateway was busy with the origin (the intake
+            # reads nothing meanwhile): it never sees the certificate, so its
+            # leaving is no evidence of pinning.
+            self._refuse("client closed while the gateway was connecting to the origin")
             return
         self._go(S.HANDSHAKING_DEVICE)
         self._phaseStarted = self.settings.clock.seconds()

@@ -8,9 +8,10 @@ buffered into it and from then on only passes events through.
 
 from __future__ import annotations
 
+import socket
 from typing import Callable, cast
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol, IPushProducer, ISystemHandle, ITCPTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -84,6 +85,15 @@ class Intake(Protocol):
             protocol.dataReceived(buffered)
         cast(IPushProducer, self.transport).resumeProducing()
 
+    def hungUp(self) -> bool:
+        """Whether the device's FIN or reset already waits, unread, on the socket.
+
+        The intake stops reading once it has the ClientHello, so a device that
+        leaves while the gateway deals with the origin is heard of only when
+        reading resumes, after the handover: a peek tells before.
+        """
+        return peerHungUp(self.tcp)
+
     def readConnectionLost(self) -> None:
         if self._next is None:
             assert self.connection is not None
@@ -106,6 +116,23 @@ class Intake(Protocol):
             self._next.connectionLost(reason)
         elif self.connection is not None:
             self.connection.deviceLost(reason)
+
+
+def peerHungUp(tcp: ITCPTransport) -> bool:
+    """Whether the peer's FIN or reset waits first, unread, in ``tcp``'s socket
+    (a non-blocking peek: nothing is consumed).  No socket, no verdict: False."""
+    try:
+        handle = cast(socket.socket, cast(ISystemHandle, tcp).getHandle())
+    except (AttributeError, NotImplementedError):
+        return False
+    try:
+        return handle.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # still open, nothing more sent
+    except ConnectionError:
+        return True  # reset
+    except OSError:
+        return False  # no verdict: go on as before
 
 
 class Refused(Protocol):
