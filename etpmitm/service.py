@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 import attrs
 from twisted.application import strports
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorProcess, IReactorSocket, IReactorTCP, IReactorTime
 from twisted.logger import Logger

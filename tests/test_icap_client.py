@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from etpmitm.icap.client import IcapScanner
-from etpmitm.icap.settings import IcapSettings, ServiceURL, parse_service_url
+from etpmitm.icap.settings import IcapSettings, parse_service_url
 from etpmitm.scanning import IContentScanner, Message, ScanJob, ScanResult, Spool
 from tests.icapserver import ISTAG, MARKER, THREAT, IcapServerProtocol, ServerLog
 from tests.memnet import Net

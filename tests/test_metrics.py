@@ -11,7 +11,6 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject

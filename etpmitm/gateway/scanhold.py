@@ -14,11 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from etpmitm.http import RequestHead
 from etpmitm.interfaces import ILayerLink
-from etpmitm.scanning import Kind, Message, ScanResult, Spool
+from etpmitm.scanning import IContentScanner, Kind, Message, ScanJob, ScanResult, Spool
+
+log = Logger()
 
 RELEASE_BUDGET = 1 << 20
 """Bytes a :class:`Release` sends in one reactor turn at most (the drain signal
@@ -146,6 +151,25 @@ def audit(kind: Kind, result: ScanResult) -> dict[str, Any]:
 def oversize(kind: Kind, size: int, limit: int) -> dict[str, Any]:
     return {"kind": kind, "service": None, "istag": None, "result": "oversize", "threat": None, "duration": 0.0,
             "size": size, "max_size": limit}
+
+
+def scan(scanner: IContentScanner, job: ScanJob, carryOut: Callable[[ScanResult], None], link: ILayerLink) -> None:
+    """Ask ``scanner`` about ``job`` and ``carryOut`` its result.  A scanner
+    that fails (it must not) blocks; a verdict that cannot be carried out (a
+    bug) resets the connection, since nothing half-sent may go on."""
+
+    def scannerFailed(failure: Failure) -> ScanResult:
+        log.failure("the content scanner failed (it must not); blocking", failure)
+        return ScanResult("block", "error", "", reason="the content scanner failed")
+
+    def verdictFailed(failure: Failure) -> None:
+        log.failure("carrying out a content scan's verdict failed", failure)
+        link.abort("the content scan's verdict could not be carried out")
+
+    scanned = maybeDeferred(scanner.scan, job)
+    scanned.addErrback(scannerFailed)
+    scanned.addCallback(carryOut)
+    scanned.addErrback(verdictFailed)
 
 
 def block_reason(result: ScanResult) -> str:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from etpmitm.audit import ConnectionRecord
 from etpmitm.blockpage import BlockResponse
@@ -44,7 +42,6 @@ from etpmitm.http1guard import MAX_HEADERS
 from etpmitm.interfaces import ILayerLink
 from etpmitm.scanning import IContentScanner, Kind, Message, ScanJob, ScanResult
 
-log = Logger()
 
 _NO_BODY = frozenset({204, 304})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -312,18 +309,7 @@ class ScanningHTTP1Layer(HTTP1Layer):
         response = scanhold.parse_head(hold.head or b"") if hold.kind == "respmod" else None
         body = hold.body.decoded if hold.body.received or hold.kind == "respmod" else None
         job = ScanJob(hold.kind, scanhold.url(ex.head), request, response, body)
-        scanned = maybeDeferred(self._scanner.scan, job)
-        scanned.addCallbacks(self._scanned, self._scanFailed, callbackArgs=(hold,), errbackArgs=(hold,))
-        scanned.addErrback(self._verdictFailed)
-
-    def _verdictFailed(self, failure: Any) -> None:
-        """A bug in carrying out a verdict: log it and reset the connection (nothing half-sent goes on)."""
-        log.failure("carrying out a content scan's verdict failed", failure)
-        self._link.abort("the content scan's verdict could not be carried out")
-
-    def _scanFailed(self, failure: Any, hold: _Hold) -> None:
-        log.failure("the content scanner failed (it must not); blocking", failure)
-        self._scanned(ScanResult("block", "error", "", reason="the content scanner failed"), hold)
+        scanhold.scan(self._scanner, job, lambda result: self._scanned(result, hold), self._link)
 
     def _scanned(self, result: ScanResult, hold: _Hold) -> None:
         if hold.cancelled or self._gone:

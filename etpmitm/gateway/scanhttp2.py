@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 
 import h2.errors
 import h2.events
-from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
 from etpmitm.blockpage import BlockResponse
 from etpmitm.gateway import scanhold
+from etpmitm.gateway._h2 import GracefulH2Connection
 from etpmitm.gateway.h2exchange import Exchange, Headers, Held, response_facts
 from etpmitm.gateway.http2 import STREAM_WINDOW, HTTP2Layer, _flush, _withoutQuic
 from etpmitm.gateway.scanhold import HeldBody
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
     from etpmitm.audit import ConnectionRecord
     from etpmitm.gateway.settings import GatewaySettings
 
-log = Logger()
 E = h2.errors.ErrorCodes
 _NO_BODY = frozenset({204, 304})
 
@@ -108,15 +106,7 @@ class ScanningHTTP2Layer(HTTP2Layer):
             super()._requestData(event)
             return
         hold.exchange.record.bytes_up += len(event.data)
-        if hold.collecting:
-            self._device.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            hold.body.write(event.data)
-            self._checkSize(hold)
-        else:
-            padding = event.flow_controlled_length - len(event.data)
-            if padding:
-                self._device.acknowledge_received_data(padding, event.stream_id)
-            hold.tail.append(event.data)
+        self._take(hold, event, self._device)
 
     def _requestTrailers(self, event: h2.events.TrailersReceived) -> None:
         hold = self._upHolds.get(event.stream_id)
@@ -163,15 +153,7 @@ class ScanningHTTP2Layer(HTTP2Layer):
             super()._responseData(event)
             return
         hold.exchange.record.bytes_down += len(event.data)
-        if hold.collecting:
-            self._origin.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            hold.body.write(event.data)
-            self._checkSize(hold)
-        else:
-            padding = event.flow_controlled_length - len(event.data)
-            if padding:
-                self._origin.acknowledge_received_data(padding, event.stream_id)
-            hold.tail.append(event.data)
+        if not self._take(hold, event, self._origin):
             self._flushDown(hold.exchange)
 
     def _responseTrailers(self, event: h2.events.TrailersReceived) -> None:
@@ -236,6 +218,20 @@ class ScanningHTTP2Layer(HTTP2Layer):
         why = f"the {what} is over the scanner's max_size ({size} > {self._scanner.max_size} bytes)"
         self._block(exchange, why)
 
+    def _take(self, hold: _Hold, event: h2.events.DataReceived, sender: GracefulH2Connection) -> bool:
+        """A held stream's DATA from ``sender``: spooled, its window handed back at once,
+        while the body is collected (True); else kept, unacknowledged, for after the verdict."""
+        if hold.collecting:
+            sender.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            hold.body.write(event.data)
+            self._checkSize(hold)
+            return True
+        padding = event.flow_controlled_length - len(event.data)
+        if padding:
+            sender.acknowledge_received_data(padding, event.stream_id)
+        hold.tail.append(event.data)
+        return False
+
     def _checkSize(self, hold: _Hold) -> None:
         size, limit = hold.body.size, self._scanner.max_size
         if size <= limit:
@@ -254,9 +250,7 @@ class ScanningHTTP2Layer(HTTP2Layer):
         request = scanhold.h2_request_message(hold.headers if hold.kind == "reqmod" else self._requestOf(exchange))
         response = scanhold.h2_response_message(hold.headers) if hold.kind == "respmod" else None
         job = ScanJob(hold.kind, scanhold.url(exchange.record.head), request, response, hold.body.decoded)
-        scanned = maybeDeferred(self._scanner.scan, job)
-        scanned.addCallbacks(self._scanned, self._scanFailed, callbackArgs=(hold,), errbackArgs=(hold,))
-        scanned.addErrback(self._verdictFailed)
+        scanhold.scan(self._scanner, job, lambda result: self._scanned(result, hold), self._link)
 
     def _requestOf(self, exchange: Exchange) -> Headers:
         return self._requests.get(exchange.deviceId, ())
@@ -267,15 +261,6 @@ class ScanningHTTP2Layer(HTTP2Layer):
                 if exchange.request is not None:
                     self._requests[exchange.deviceId] = exchange.request
         super()._openWaiting()
-
-    def _verdictFailed(self, failure: Any) -> None:
-        """A bug in carrying out a verdict: log it and reset the connection (nothing half-sent goes on)."""
-        log.failure("carrying out a content scan's verdict failed", failure)
-        self._link.abort("the content scan's verdict could not be carried out")
-
-    def _scanFailed(self, failure: Any, hold: _Hold) -> None:
-        log.failure("the content scanner failed (it must not); blocking", failure)
-        self._scanned(ScanResult("block", "error", "", reason="the content scanner failed"), hold)
 
     def _scanned(self, result: ScanResult, hold: _Hold) -> None:
         exchange = hold.exchange

@@ -15,7 +15,7 @@ they carry, in patterns and in the addresses matched against them.
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 
 import attrs
 import idna
