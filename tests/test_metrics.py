@@ -12,6 +12,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
@@ -25,7 +27,7 @@ from etpmitm.health import Health, MintCheck
 from etpmitm.http import RequestHead, RequestRecord
 from etpmitm.leafcache import LeafMinter
 from etpmitm.learning import LearnedBypass, bypass_key
-from etpmitm.metricsweb import HealthPage, MetricsPage
+from etpmitm.metricsweb import HealthPage, MetricsPage, site
 from tests.test_leafcache import FakeClock
 
 REPO = Path(__file__).resolve().parent.parent
@@ -375,3 +377,18 @@ class HealthTests(TestCase):
         self.assertIn(b"# TYPE etpmitm_connections_total counter", text)
         self.assertTrue(request.responseHeaders.getRawHeaders(b"content-type")[0].startswith(b"text/plain; version="))
 
+
+    def test_noAccessLogLines(self) -> None:
+        """A health check (or scrape) over HTTP is answered without a line in the log."""
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        factory = site(CollectorRegistry, Health([lambda: None]))
+        factory.startFactory()
+        self.addCleanup(factory.stopFactory)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /healthz HTTP/1.0\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.0 200 OK\r\n"), transport.value())
+        self.assertEqual([e for e in events if "/healthz" in str(e.get("log_io", ""))], [])
