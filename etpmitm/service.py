@@ -100,7 +100,7 @@ class Options(usage.Options):
         ["backlog", None, DEFAULT_BACKLOG, "Accept queue of each listening socket (capped by net.core.somaxconn)", int],
         ["audit-log", None, None, "Also send the audit events (per connection and per request) to journald, syslog:unix:PATH, syslog:udp:HOST:PORT, syslog:tcp:HOST:PORT, or a FILE of JSON lines; SIGUSR1 reopens it"],
         ["metrics", None, None, "Serve Prometheus metrics at /metrics and a health check at /healthz on this endpoint (strports, e.g. tcp:9180:interface=127.0.0.1)"],
-        ["drain-timeout", None, DEFAULT_DRAIN, "On SIGTERM, stop accepting at once and give open connections this many seconds to end (0: cut them at once)", _notNegative],
+        ["drain-timeout", None, DEFAULT_DRAIN, "On SIGTERM, stop accepting (at once, or after --drain-delay) and give open connections this many seconds to end (0: cut them at once)", _notNegative],
         ["drain-delay", None, DEFAULT_DELAY, "On SIGTERM, keep accepting this many seconds (/healthz answers 503 meanwhile) before the listeners close and the drain begins", _notNegative],
         ["worker-metrics", None, None, "Internal: the master's directory for the metrics of its workers"],
         ["list-interval", None, 5.0, "Seconds between checks of the threat list files for changes (0: only on SIGHUP)", float],
