@@ -322,6 +322,18 @@ class MultiprocessTests(TestCase):
         self.assertEqual(registry.get_sample_value("etpmitm_connections_open"), 1)
         self.assertEqual(registry.get_sample_value("etpmitm_connections_total", {"action": "splice", "outcome": "ok"}), 7)
 
+    def test_aFileNotYetSizedIsLeftOut(self) -> None:
+        """A worker that has just created its file (still empty) does not make the scrape fail."""
+        directory = tempfile.mkdtemp(prefix="etpmitm-metrics-test-")
+        self.addCleanup(subprocess.run, ["rm", "-rf", directory])
+        done = subprocess.run([sys.executable, "-c", WRITER, directory, "2"],
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        Path(directory, "counter_99999.db").touch()
+        registry = metrics.scrapeRegistry(directory, None)
+        self.assertEqual(registry.get_sample_value("etpmitm_connections_total", {"action": "splice", "outcome": "ok"}), 2)
+        self.assertIn(b"etpmitm_connections_total", metrics.exposition(registry)[0])
+
     def test_oneProcessReadsItsOwnRegistry(self) -> None:
         registry = CollectorRegistry()
         self.assertIs(metrics.scrapeRegistry(None, registry), registry)
