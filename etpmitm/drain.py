@@ -6,6 +6,11 @@ until the connections open at the stop have ended by themselves, or for at
 most ``grace`` seconds.  Its siblings, the listeners, stop at the same
 moment, so a load balancer's health check on the listening port fails at
 once (connection refused) and new connections go to the other nodes.
+
+:class:`HoldOpen` (``--drain-delay``) puts the listeners and the drain off
+for a few seconds: ``/healthz`` answers 503 at once while the node still
+accepts, so a balancer that checks ``/healthz`` takes the node out before
+its listener closes ("fail the health check first, then close").
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from twisted.logger import Logger
 log = Logger()
 
 DEFAULT_DRAIN = 10.0
+DEFAULT_DELAY = 0.0
+"""``--drain-delay``: by default the listeners close at once."""
 POLL = 0.1
 """Seconds between looks at the count while draining."""
 
@@ -55,6 +62,27 @@ class DrainService(Service):
 
         look()
         return done
+
+
+class HoldOpen(MultiService):
+    """Stops its children (the listeners, the drain) ``delay`` seconds after it is told to stop."""
+
+    def __init__(self, clock: IReactorTime, delay: float) -> None:
+        MultiService.__init__(self)  # type: ignore[no-untyped-call]
+        self._clock = clock
+        self._delay = delay
+
+    def stopService(self) -> Deferred[object]:
+        delay = f"{self._delay:g}"
+        log.info("stopping: still accepting for {delay}s (--drain-delay), then the listeners close", delay=delay)
+        later: Deferred[None] = Deferred()
+        self._clock.callLater(self._delay, later.callback, None)
+
+        def stopChildren(_: None) -> Deferred[object]:
+            # Each child may return a Deferred (the drain's): this one fires once all have.
+            return MultiService.stopService(self)  # type: ignore[no-untyped-call, no-any-return]
+
+        return later.addCallback(stopChildren)
 
 
 class StopsLast(MultiService):

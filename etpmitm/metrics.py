@@ -328,8 +328,31 @@ def scrapeRegistry(multiprocessDirectory: str | None, registry: CollectorRegistr
     """The registry a scrape reads: the multiprocess files' sum, or ``registry`` itself."""
     if multiprocessDirectory is None:
         return registry
-    from prometheus_client import CollectorRegistry, multiprocess
+    from prometheus_client import CollectorRegistry
 
     summed = CollectorRegistry()
-    multiprocess.MultiProcessCollector(summed, multiprocessDirectory)
+    summed.register(_SizedFiles(multiprocessDirectory))
     return summed
+
+
+class _SizedFiles:
+    """prometheus_client's multiprocess sum, less the files that a starting
+    process has created but not yet sized (reading one raises, so a scrape
+    while a worker starts would fail)."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+
+    def collect(self) -> Any:
+        import glob
+
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = []
+        for path in glob.glob(os.path.join(self._directory, "*.db")):
+            try:
+                if os.path.getsize(path) > 0:
+                    files.append(path)
+            except OSError:  # removed meanwhile (a dead process's gauges)
+                pass
+        return MultiProcessCollector.merge(files, accumulate=True)

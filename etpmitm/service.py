@@ -29,7 +29,7 @@ from etpmitm.ca.errors import CAError
 from etpmitm.ca.leafkeys import load_or_create_leaf_key
 from etpmitm.ca.ownroot import init_own_root
 from etpmitm.ca.untrusted import load_or_create_untrusted_ca
-from etpmitm.drain import DEFAULT_DRAIN, DrainService, StopsLast
+from etpmitm.drain import DEFAULT_DELAY, DEFAULT_DRAIN, DrainService, HoldOpen, StopsLast
 from etpmitm.defaults import DEFAULT_BACKLOG, DEFAULT_POLICY_FILE, data_directory, default_ca_directory, default_listen, default_policy_file
 from etpmitm.gateway.device import CachedLeafContexts
 from etpmitm.gateway.inspect import inspectingLayer
@@ -101,7 +101,8 @@ class Options(usage.Options):
         ["backlog", None, DEFAULT_BACKLOG, "Accept queue of each listening socket (capped by net.core.somaxconn)", int],
         ["audit-log", None, None, "Also send the audit events (per connection and per request) to journald, syslog:unix:PATH, syslog:udp:HOST:PORT, syslog:tcp:HOST:PORT, or a FILE of JSON lines; SIGUSR1 reopens it"],
         ["metrics", None, None, "Serve Prometheus metrics at /metrics and a health check at /healthz on this endpoint (strports, e.g. tcp:9180:interface=127.0.0.1)"],
-        ["drain-timeout", None, DEFAULT_DRAIN, "On SIGTERM, stop accepting at once and give open connections this many seconds to end (0: cut them at once)", _notNegative],
+        ["drain-timeout", None, DEFAULT_DRAIN, "On SIGTERM, stop accepting (at once, or after --drain-delay) and give open connections this many seconds to end (0: cut them at once)", _notNegative],
+        ["drain-delay", None, DEFAULT_DELAY, "On SIGTERM, keep accepting this many seconds (/healthz answers 503 meanwhile) before the listeners close and the drain begins", _notNegative],
         ["worker-metrics", None, None, "Internal: the master's directory for the metrics of its workers"],
         ["list-interval", None, 5.0, "Seconds between checks of the threat list files for changes (0: only on SIGHUP)", float],
         ["threat-manifest", None, None, "Internal: the threat list tables to map, built by the master (--workers)"],
@@ -362,19 +363,20 @@ def makeService(options: Options) -> IService:
     _withLists(top, keeper, policy, None)
     admission = settings.admission
     assert admission is not None
-    DrainService(cast(IReactorTime, reactor), lambda: admission.open, options["drain-timeout"]).setServiceParent(top)
+    listening = _heldOpen(top, options["drain-delay"])
+    DrainService(cast(IReactorTime, reactor), lambda: admission.open, options["drain-timeout"]).setServiceParent(listening)
     if link is not None:
         inherited = options["worker-listen"]
         for wanted, serving in ((False, factory), (True, proxiedFactory)):
             fds = [fd for i, fd in enumerate(inherited) if (i in options["worker-proxied"]) is wanted]
             if fds:
-                AdoptedPorts(cast(IReactorSocket, reactor), fds, serving).setServiceParent(top)
+                AdoptedPorts(cast(IReactorSocket, reactor), fds, serving).setServiceParent(listening)
         log.info("etpmitm worker {pid} serving the master's sockets", pid=os.getpid())
         return top  # no --audit-log here: the master writes its workers' events
     for description in descriptions:
         proxied, inner = unwrapProxied(description)
         try:
-            strports.service(inner, proxiedFactory if proxied else factory).setServiceParent(top)
+            strports.service(inner, proxiedFactory if proxied else factory).setServiceParent(listening)
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     _logStart(options, directory, ca, bundle)
@@ -408,6 +410,17 @@ def _metricsSetup(options: Options, ca: CertificateAuthority, leafKey: Any,
                                   lambda: next((p for check in accepting if (p := check()) is not None), None))
     except (ValueError, KeyError, TypeError, IndexError) as e:
         raise StartupError(f"bad --metrics {description!r}: {e}") from None
+
+
+def _heldOpen(top: MultiService, delay: float) -> MultiService:
+    """Where the listeners go: ``top``, or with ``--drain-delay`` a :class:`HoldOpen` in it."""
+    if delay <= 0:
+        return top
+    from twisted.internet import reactor
+
+    held = HoldOpen(cast(IReactorTime, reactor), delay)
+    held.setServiceParent(top)
+    return held
 
 
 def _withMetrics(top: MultiService, setup: metricssetup.MetricsSetup | None) -> MultiService:
@@ -538,7 +551,7 @@ def _master(options: Options, descriptions: list[str], directory: Path, ca: Cert
         workerOptions += metricsSetup.workerOptions()
     if keeper is not None:
         workerOptions.append(f"--threat-manifest={keeper.directory / MANIFEST}")
-    top = MasterService(descriptions, options["workers"], workerOptions, options["drain-timeout"])
+    top = MasterService(descriptions, options["workers"], workerOptions, options["drain-timeout"], options["drain-delay"])
     _logStart(options, directory, ca, bundle)
     return top
 
@@ -560,9 +573,11 @@ def _workerOptions(options: Options, directory: Path) -> list[str]:
 class MasterService(MultiService):
     """Binds every ``--listen`` socket, then hands them to a :class:`WorkerPool`."""
 
-    def __init__(self, descriptions: list[str], workers: int, workerOptions: list[str], drain: float = 0.0) -> None:
+    def __init__(self, descriptions: list[str], workers: int, workerOptions: list[str], drain: float = 0.0,
+                 delay: float = 0.0) -> None:
         super().__init__()
         self._drain = drain
+        self._listening = _heldOpen(self, delay)  # the workers get SIGTERM after --drain-delay
         self._descriptions = descriptions
         self._workers = workers
         self._workerOptions = workerOptions
@@ -586,7 +601,7 @@ class MasterService(MultiService):
         proxied = [f"--worker-proxied={i}" for i, d in enumerate(self._descriptions) if unwrapProxied(d)[0]]
         self.pool = WorkerPool(cast(IReactorProcess, reactor), sockets, backlogs, self._workerOptions + proxied,
                                stopGrace=max(STOP_GRACE, self._drain + 5.0))
-        self.pool.setServiceParent(self)
+        self.pool.setServiceParent(self._listening)
         super().privilegedStartService()
 
 

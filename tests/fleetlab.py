@@ -1,7 +1,8 @@
 """A fleet in the namespace lab: Debian's HAProxy on the gateway takes the
 REDIRECTed TCP/443 and balances it over two etpmitm nodes (loopback ports
-9001 and 9002, ``--listen haproxy:tcp:PORT``) with ``send-proxy-v2`` and TCP
-health checks, running ``deploy/haproxy.cfg`` as shipped.  IPv4 reaches it
+9001 and 9002, ``--listen haproxy:tcp:PORT``) with ``send-proxy-v2`` and HTTP
+health checks on each node's ``/healthz`` (``--metrics`` on 9181 and 9182),
+running ``deploy/haproxy.cfg`` as shipped.  IPv4 reaches it
 by the shipped REDIRECT rules (``deploy/iptables.sh --family 4``), IPv6 by
 TPROXY (``deploy/haproxy-tproxy6.cfg`` and the rules in its comment).  The nodes share
 the CA directory and the policy file; each writes its own ``--audit-log``.
@@ -25,8 +26,12 @@ from tests.lab import REPO, Lab
 
 FRONT_PORT = 8443
 NODE_PORTS = {1: 9001, 2: 9002}
+HEALTH_PORTS = {1: 9181, 2: 9182}
+"""Each node's ``--metrics`` port: HAProxy's check, ``GET /healthz``."""
 NODE_ARGS = {1: (), 2: ("--workers", "2")}
 DRAIN = 30.0
+DRAIN_DELAY = 3.0
+"""``--drain-delay``: above HAProxy's detection window (inter 500ms, fall 2)."""
 FLEET_CLIENT = Path(__file__).resolve().parent / "fleet_client.py"
 
 
@@ -49,7 +54,7 @@ class Fleet:
                 [Path(sys.executable).parent / "etpmitm", "ca", "init", "--dir", self.env.ca_dir],
                 check=True, capture_output=True, env={**os.environ, **gateway_env()},
             )
-            for port in NODE_PORTS.values():  # counts connections to the nodes (health checks among them)
+            for port in [*NODE_PORTS.values(), *HEALTH_PORTS.values()]:  # counts connections to the nodes and their checks
                 self.lab.gateway.run(["iptables", "-A", "INPUT", "-p", "tcp", "--syn", "--dport", str(port)])
             for number in NODE_PORTS:  # one after the other: the first start writes the shared leaf key
                 self.start_node(number)
@@ -59,6 +64,8 @@ class Fleet:
                 "ETPMITM_BIND6": f":::{FRONT_PORT}",
                 "ETPMITM_NODE1": f"127.0.0.1:{NODE_PORTS[1]}",
                 "ETPMITM_NODE2": f"127.0.0.1:{NODE_PORTS[2]}",
+                "ETPMITM_CHECK1": str(HEALTH_PORTS[1]),
+                "ETPMITM_CHECK2": str(HEALTH_PORTS[2]),
                 "ETPMITM_STATS": str(self.stats),
             }
             configs = ["-f", REPO / "deploy" / "haproxy.cfg", "-f", REPO / "deploy" / "haproxy-tproxy6.cfg"]
@@ -93,12 +100,20 @@ class Fleet:
             TWISTD, "-n", "--pidfile=", "etpmitm",
             "--ca-dir", self.env.ca_dir, "--upstream-trust", self.env.trust, "--policy", self.env.policy,
             "--listen", f"haproxy:tcp:{port}:interface=127.0.0.1",
-            "--audit-log", self.audit_path(number), "--drain-timeout", str(DRAIN), *NODE_ARGS[number],
+            "--audit-log", self.audit_path(number), "--drain-timeout", str(DRAIN), "--drain-delay", str(DRAIN_DELAY),
+            "--metrics", f"tcp:{HEALTH_PORTS[number]}:interface=127.0.0.1", *NODE_ARGS[number],
         ]
         proc = self.lab.gateway.popen(argv, env=gateway_env(), cwd=self.lab.workdir)
         self.lab.gateway.wait_for_port(port, proc=proc, timeout=30)
         self.nodes[number] = proc
         return proc
+
+    def healthz(self, number: int) -> tuple[int, str]:
+        """``GET /healthz`` of a node, straight from the gateway's namespace: (status, body)."""
+        url = f"http://127.0.0.1:{HEALTH_PORTS[number]}/healthz"
+        done = self.lab.gateway.run(["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", url], check=False, timeout=30)
+        body, _, code = done.stdout.rpartition("\n")
+        return int(code or 0), body
 
     def log(self, number: int) -> str:
         return self.lab.log(self.nodes[number])
@@ -122,16 +137,20 @@ class Fleet:
                 out += chunk
         return out.decode()
 
-    def states(self) -> dict[str, str]:
-        """Each node's state as HAProxy's checks see it (UP, DOWN, ...), from ``show stat``."""
+    def server_stats(self) -> dict[str, dict[str, str]]:
+        """Each node's row of ``show stat`` (status, check_status, check_code, ...)."""
         lines = self.haproxy_command("show stat").splitlines()
         header = lines[0].lstrip("# ").split(",")
         found = {}
         for line in lines[1:]:
             row = dict(zip(header, line.split(",")))
             if row.get("pxname") == "etpmitm" and row.get("svname", "").startswith("node"):
-                found[row["svname"]] = row["status"]
+                found[row["svname"]] = row
         return found
+
+    def states(self) -> dict[str, str]:
+        """Each node's state as HAProxy's checks see it (UP, DOWN, ...)."""
+        return {name: row["status"] for name, row in self.server_stats().items()}
 
     def wait_state(self, wanted: dict[str, str], timeout: float = 20) -> float:
         """Wait until the nodes are in ``wanted`` states; return when (time.time())."""

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from etpmitm.drain import DrainService, StopsLast
+from etpmitm.drain import DrainService, HoldOpen, StopsLast
 
 
 class DrainTests(SynchronousTestCase):
@@ -96,3 +96,52 @@ class StopsLastTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertEqual(last.stops, 1)
         self.assertFalse(last.running)
+
+
+class HoldOpenTests(SynchronousTestCase):
+    """``--drain-delay``: the listeners (and the drain) stop ``delay`` seconds after SIGTERM."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.held = HoldOpen(self.clock, 3.0)
+        self.listener, self.drain = _Recorder(), _Slow()
+        self.listener.setServiceParent(self.held)
+        self.drain.setServiceParent(self.held)
+        self.held.startService()
+
+    def test_childrenStopAfterTheDelay(self) -> None:
+        stopped = self.held.stopService()
+        self.assertEqual(self.listener.stops, 0)
+        self.assertTrue(self.listener.running and self.drain.running)
+        [said] = [e for e in self.events if "still accepting" in e.get("log_format", "")]
+        self.assertEqual(said["delay"], "3")
+        self.clock.advance(2.9)
+        self.assertEqual(self.listener.stops, 0)
+        self.clock.advance(0.1)
+        self.assertEqual(self.listener.stops, 1)
+        self.assertFalse(self.drain.running)
+        # Stopped only once the drain is over.
+        self.assertNoResult(stopped)
+        self.drain.stopping.callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_aSiblingStopsAtOnce(self) -> None:
+        """The metrics service (its sibling) marks /healthz stopping at the start of the delay."""
+        top = MultiService()
+        sibling = _Recorder()
+        sibling.setServiceParent(top)
+        held = HoldOpen(self.clock, 3.0)
+        listener = _Recorder()
+        listener.setServiceParent(held)
+        held.setServiceParent(top)
+        top.startService()
+        stopped = top.stopService()
+        self.assertEqual((sibling.stops, listener.stops), (1, 0))
+        self.assertNoResult(stopped)
+        self.clock.advance(3)
+        self.assertEqual(listener.stops, 1)
+        self.successResultOf(stopped)

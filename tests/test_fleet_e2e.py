@@ -1,5 +1,6 @@
 """A fleet behind HAProxy, end to end: real curl and Python ssl clients, Debian's
-HAProxy with ``deploy/haproxy.cfg``, two ``twistd etpmitm`` nodes on ``haproxy:`` listeners."""
+HAProxy with ``deploy/haproxy.cfg``, two ``twistd etpmitm`` nodes on ``haproxy:`` listeners,
+health-checked on their ``/healthz``."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from tests.fleetlab import NODE_PORTS, Fleet, fleet_unavailable
+from tests.fleetlab import DRAIN_DELAY, HEALTH_PORTS, NODE_PORTS, Fleet, fleet_unavailable
 from tests.gatewaylab import shared_lab
 from tests.lab import Lab, lab_unavailable
 
@@ -65,19 +66,22 @@ class FleetEndToEndTests(TestCase):
         self.assertEqual(event["destination"], f"[{Lab.origin_ip6}]:443")
         self.assertEqual((event["action"], event["outcome"]), ("intercept", "ok"))
 
-    def test_a_healthChecksAreNotAudited(self) -> None:
-        """HAProxy checks each node every 500 ms with a PROXY v2 LOCAL header: none of them is audited."""
+    def test_a_healthChecksAreOnHealthz(self) -> None:
+        """HAProxy checks each node's /healthz (200) every 500 ms; no check reaches a listener or the audit."""
         before = {number: len(self.fleet.audit(number)) for number in NODE_PORTS}
-        checks = self.checks()
+        checks, connections = self.syns(HEALTH_PORTS), self.syns(NODE_PORTS)
         time.sleep(2)
         # inter 500ms: about 4 checks per node in 2 s, no other traffic.
-        self.assertGreaterEqual(self.checks() - checks, 2 * len(NODE_PORTS), "HAProxy did not check the nodes")
+        self.assertGreaterEqual(self.syns(HEALTH_PORTS) - checks, 2 * len(NODE_PORTS), "HAProxy did not check the nodes")
+        self.assertEqual(self.syns(NODE_PORTS), connections)
         self.assertEqual({number: len(self.fleet.audit(number)) for number in NODE_PORTS}, before)
-        self.assertEqual(self.fleet.states(), {"node1": "UP", "node2": "UP"})
+        stats = self.fleet.server_stats()
+        self.assertEqual({name: (row["status"], row["check_status"], row["check_code"]) for name, row in stats.items()},
+                         {"node1": ("UP", "L7OK", "200"), "node2": ("UP", "L7OK", "200")})
 
-    def checks(self) -> int:
-        """Connections opened to the nodes so far (SYNs counted by an iptables rule)."""
-        return sum(self.fleet.syns(port) for port in NODE_PORTS.values())
+    def syns(self, ports: dict[int, int]) -> int:
+        """Connections opened to these ports so far (SYNs counted by an iptables rule)."""
+        return sum(self.fleet.syns(port) for port in ports.values())
 
     def test_a_aConnectionWithoutAHeaderIsRefusedAndAudited(self) -> None:
         """A TLS client straight to a node's haproxy: listener (no balancer): reset, audited with the reason."""
@@ -103,6 +107,9 @@ class FleetEndToEndTests(TestCase):
         killed = time.time()
         self.fleet.nodes[1].send_signal(signal.SIGKILL)
         down = self.fleet.wait_state({"node1": "DOWN"})
+        # Taken out by its failed /healthz check (its metrics port is closed): a layer-4 failure.
+        check = self.fleet.server_stats()["node1"]["check_status"]
+        self.assertIn(check, ("L4CON", "L4TOUT"))
         out, err = load.communicate(timeout=120)
         self.assertEqual(load.returncode, 0, err)
         results = json.loads(out)
@@ -112,7 +119,7 @@ class FleetEndToEndTests(TestCase):
         failedAfter = [r for r in after if not r[2]]
         print(f"\nfleet kill: {len(results)} connections in 20 s; node 1 killed at +{killed - results[0][0]:.1f}s, "
               f"HAProxy marked it DOWN {down - killed:.2f}s later; {len(inside)} failed inside the window "
-              f"(kill-1s .. kill+{DETECTION + MARGIN:g}s): {[r[3] for r in inside][:5]}; "
+              f"(kill-1s .. kill+{DETECTION + MARGIN:g}s): {[r[3] for r in inside][:5]}; check {check}; "
               f"{len(after)} started after it, {len(failedAfter)} failed", file=sys.stderr)
         self.assertGreater(len(after), 20, "too few connections after the window to judge")
         self.assertEqual(failedAfter, [])
@@ -131,33 +138,60 @@ class FleetEndToEndTests(TestCase):
         self.drains(2)
 
     def drains(self, stopping: int) -> None:
-        """SIGTERM: the node's check fails first, its open connection finishes, HAProxy sends new ones elsewhere."""
+        """SIGTERM: /healthz turns 503 while the node still accepts; HAProxy takes it out; the listener
+        closes after --drain-delay; new connections go to the other node; the open one finishes."""
         fleet = self.fleet
         [other] = [n for n in NODE_PORTS if n != stopping]
+        port = NODE_PORTS[stopping]
         # The held connection goes to the node under test: the other takes none meanwhile.
         fleet.haproxy_command(f"set server etpmitm/node{other} state drain")
         try:
-            before = fleet.established(NODE_PORTS[stopping])
+            before = fleet.established(port)
             held = fleet.client("hold", stdin=subprocess.PIPE)
             assert held.stdout is not None and held.stdin is not None
             self.assertEqual(held.stdout.readline(), b"ready\n")
-            self.assertEqual(fleet.established(NODE_PORTS[stopping]), before + 1)
+            self.assertEqual(fleet.established(port), before + 1)
         finally:
             fleet.haproxy_command(f"set server etpmitm/node{other} state ready")
+        fleet.wait_state({f"node{other}": "UP"})
+        self.assertEqual(fleet.healthz(stopping)[0], 200)
         audited = {n: len(fleet.audit(n)) for n in NODE_PORTS}
 
+        signalled = time.time()
         fleet.nodes[stopping].send_signal(signal.SIGTERM)
-        fleet.wait_state({f"node{stopping}": "DOWN"})
-        # Its check fails while it still runs and holds the open connection.
+        # 1. /healthz turns 503 first: the listener still accepts, the held connection is open.
+        deadline = time.monotonic() + 10
+        while (health := fleet.healthz(stopping))[0] != 503 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        unhealthy = time.time()
+        self.assertTrue(fleet.lab.gateway.listening(port, "127.0.0.1"), "the listener closed before /healthz said 503")
+        self.assertEqual((health[0], json.loads(health[1])), (503, {"status": "unavailable", "reason": "stopping"}))
+        self.assertEqual(fleet.established(port), before + 1)
+        # 2. HAProxy takes the node out because of that 503 (layer 7, wrong status), not a refused connect.
+        down = fleet.wait_state({f"node{stopping}": "DOWN"})
+        listeningWhenDown = fleet.lab.gateway.listening(port, "127.0.0.1")
+        row = fleet.server_stats()[f"node{stopping}"]
+        self.assertEqual((row["check_status"], row["check_code"]), ("L7STS", "503"))
+        # 3. After --drain-delay the listener closes; the node still runs and holds the connection.
+        deadline = time.monotonic() + DRAIN_DELAY + 20
+        while fleet.lab.gateway.listening(port, "127.0.0.1") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        closed = time.time()
+        self.assertFalse(fleet.lab.gateway.listening(port, "127.0.0.1"))
         self.assertIsNone(fleet.nodes[stopping].poll())
-        self.assertFalse(fleet.lab.gateway.listening(NODE_PORTS[stopping], "127.0.0.1"))
-        # New connections all go to the other node, and succeed.
+        self.assertEqual(fleet.established(port), before + 1)
+        self.assertEqual(fleet.healthz(stopping)[0], 503)
+        print(f"\nfleet drain of node {stopping}: /healthz 503 {unhealthy - signalled:.2f}s after SIGTERM, "
+              f"HAProxy DOWN ({row['check_status']} {row['check_code']}) after {down - signalled:.2f}s "
+              f"(listener {'still open' if listeningWhenDown else 'already closed'}), "
+              f"listener closed after {closed - signalled:.2f}s (--drain-delay {DRAIN_DELAY:g})", file=sys.stderr)
+        # 4. New connections all go to the other node, and succeed.
         for _ in range(6):
             done = fleet.env.curl("--http1.1", *self.resolve, "https://origin.test/")
             self.assertEqual((done.returncode, done.stdout), (0, "origin ok\n"), done.stderr)
         self.assertEqual(len(fleet.audit(stopping)), audited[stopping])
         self.assertIsNone(fleet.nodes[stopping].poll())
-        # The held connection finishes, then the node exits on its own.
+        # 5. The held connection finishes, then the node exits on its own.
         held.stdin.write(b"go\n")
         held.stdin.flush()
         self.assertEqual(held.stdout.readline(), b"HTTP/1.1 200 OK\n")
@@ -165,7 +199,9 @@ class FleetEndToEndTests(TestCase):
         # twistd ends with the signal it stopped for; the master's SIGKILL would be -9.
         self.assertIn(fleet.nodes[stopping].wait(timeout=30), (0, -signal.SIGTERM), fleet.log(stopping)[-3000:])
         log = fleet.log(stopping)
+        self.assertIn(f"stopping: still accepting for {DRAIN_DELAY:g}s (--drain-delay), then the listeners close", log)
         self.assertIn("stopping: no new connections; waiting up to 30s for 1 open to end", log)
+        self.assertLess(log.index("still accepting for"), log.index("no new connections; waiting"))
         self.assertIn("stopping: every connection ended", log)
         self.assertNotIn("still open after", log)
         self.assertNotIn("did not stop within", log)

@@ -11,6 +11,8 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface.verify import verifyObject
@@ -24,7 +26,7 @@ from etpmitm.health import Health, MintCheck
 from etpmitm.http import RequestHead, RequestRecord
 from etpmitm.leafcache import LeafMinter
 from etpmitm.learning import LearnedBypass, bypass_key
-from etpmitm.metricsweb import HealthPage, MetricsPage
+from etpmitm.metricsweb import HealthPage, MetricsPage, site
 from tests.test_leafcache import FakeClock
 
 REPO = Path(__file__).resolve().parent.parent
@@ -319,6 +321,18 @@ class MultiprocessTests(TestCase):
         self.assertEqual(registry.get_sample_value("etpmitm_connections_open"), 1)
         self.assertEqual(registry.get_sample_value("etpmitm_connections_total", {"action": "splice", "outcome": "ok"}), 7)
 
+    def test_aFileNotYetSizedIsLeftOut(self) -> None:
+        """A worker that has just created its file (still empty) does not make the scrape fail."""
+        directory = tempfile.mkdtemp(prefix="etpmitm-metrics-test-")
+        self.addCleanup(subprocess.run, ["rm", "-rf", directory])
+        done = subprocess.run([sys.executable, "-c", WRITER, directory, "2"],
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        Path(directory, "counter_99999.db").touch()
+        registry = metrics.scrapeRegistry(directory, None)
+        self.assertEqual(registry.get_sample_value("etpmitm_connections_total", {"action": "splice", "outcome": "ok"}), 2)
+        self.assertIn(b"etpmitm_connections_total", metrics.exposition(registry)[0])
+
     def test_oneProcessReadsItsOwnRegistry(self) -> None:
         registry = CollectorRegistry()
         self.assertIs(metrics.scrapeRegistry(None, registry), registry)
@@ -374,3 +388,18 @@ class HealthTests(TestCase):
         self.assertIn(b"# TYPE etpmitm_connections_total counter", text)
         self.assertTrue(request.responseHeaders.getRawHeaders(b"content-type")[0].startswith(b"text/plain; version="))
 
+
+    def test_noAccessLogLines(self) -> None:
+        """A health check (or scrape) over HTTP is answered without a line in the log."""
+        events: list[dict[str, object]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        factory = site(CollectorRegistry, Health([lambda: None]))
+        factory.startFactory()
+        self.addCleanup(factory.stopFactory)
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /healthz HTTP/1.0\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.0 200 OK\r\n"), transport.value())
+        self.assertEqual([e for e in events if "/healthz" in str(e.get("log_io", ""))], [])

@@ -310,6 +310,15 @@ class LimitOptionsTests(SynchronousTestCase):
         self.assertIn("--drain-timeout=3.0", argv)
         self.assertEqual(self.parse(*argv)["drain-timeout"], 3.0)
 
+    def test_drainDelay(self) -> None:
+        """Off by default; the master applies it (its workers get SIGTERM after it), so workers are not told."""
+        self.assertEqual(self.parse()["drain-delay"], 0.0)
+        options = self.parse("--drain-delay=2.5")
+        self.assertEqual(options["drain-delay"], 2.5)
+        self.assertFalse([a for a in _workerOptions(options, Path("/ca")) if "drain-delay" in a])
+        with self.assertRaises(UsageError):
+            self.parse("--drain-delay=-1")
+
     def test_workerProxied(self) -> None:
         """The master tells a worker which inherited sockets take PROXY headers, by index."""
         options = self.parse("--worker-proxied=1", "--worker-proxied=3")
