@@ -18,7 +18,21 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         rsyslog
         prometheus haproxy
     )
+    # The lab starts its own c-icap, clamd, HAProxy, Prometheus and rsyslog inside its
+    # namespaces: keep the packages' system services from starting on install (where
+    # no policy-rc.d says otherwise; it is removed again).
+    guard=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        guard=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$guard"
+        chmod 755 "$guard"
+        trap 'rm -f "$guard"' EXIT
+    fi
     apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+    if [ -n "$guard" ]; then
+        rm -f "$guard"
+        trap - EXIT
+    fi
 fi
 
 python3 -m venv .venv
