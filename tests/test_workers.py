@@ -9,13 +9,25 @@ from typing import Any
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, Logger, eventAsJSON, formatEvent
+from twisted.logger import (
+    LogLevel,
+    Logger,
+    eventAsJSON,
+    eventFromJSON,
+    formatEvent,
+    formatEventAsClassicLogText,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from etpmitm import workers
 from etpmitm.sharedports import bindShared
-from etpmitm.workers import FIRST_LISTEN_FD, STOP_GRACE, WorkerPool, _Messages, workerCommand
+from etpmitm.audit import ConnectionRecord
+from etpmitm.auditlog import auditRecord
+from etpmitm.http import RequestHead, RequestRecord
+from etpmitm.worker import AUDIT_MARK, encodeEvent
+from etpmitm.workers import FIRST_LISTEN_FD, STOP_GRACE, WorkerPool, _Messages, decodeEvent, workerCommand
 
 
 class MessagesTests(SynchronousTestCase):
@@ -40,6 +52,57 @@ class MessagesTests(SynchronousTestCase):
         self.messages.dataReceived(b"x" * (_Messages.MAX_LENGTH + 1))
         self.messages.dataReceived(b'tail of it\n{"ok": 1}\n')
         self.assertEqual(self.got, [{"ok": 1}])
+
+
+def auditEvents() -> list[dict[str, Any]]:
+    """A request event and a connection event (ok and failed), as the gateway logs them."""
+    events: list[dict[str, Any]] = []
+    head = RequestHead(method="GET", authority="a.test", path="/x", query_length=3, user_agent="ua\u00e9/1")
+    request = RequestRecord(connection="1-2", stream=3, protocol="http/1.1", head=head, started=10.0,
+                            reason="it's \"quoted\" {x} }", status=200, headers_after=0.123)
+    connection = ConnectionRecord(client="10.0.0.1:5", destination="10.0.0.2:443", started=10.0,
+                                  sni="a.test", alpn_offered=("h2", "http/1.1"))
+    failed = ConnectionRecord(client="10.0.0.1:6", destination="10.0.0.2:443", started=10.0)
+    failed.fail("origin refused")
+    globalLogPublisher.addObserver(events.append)
+    try:
+        request.emit(11.0)
+        connection.emit(12.0)
+        failed.emit(12.5)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return [e for e in events if e.get("log_namespace", "").startswith("etpmitm.audit")]
+
+
+class EventLineTests(SynchronousTestCase):
+    """A worker's events reach the master's observers as Twisted's own JSON would bring them."""
+
+    def test_auditEventsAsPlainJSON(self) -> None:
+        events = auditEvents()
+        self.assertEqual([e["log_namespace"] for e in events],
+                         ["etpmitm.audit.request", "etpmitm.audit", "etpmitm.audit"])
+        for event in events:
+            line = encodeEvent(event)
+            self.assertTrue(line.startswith(AUDIT_MARK))
+            self.assertNotIn("\n", line)
+            got = decodeEvent(line.encode())
+            reference = eventFromJSON(eventAsJSON(event))
+            self.assertEqual(formatEventAsClassicLogText(got), formatEventAsClassicLogText(reference))
+            self.assertEqual(auditRecord(got), auditRecord(reference))
+            self.assertIs(got["log_level"], event["log_level"])
+        self.assertEqual([decodeEvent(encodeEvent(e).encode())["log_level"] for e in events],
+                         [LogLevel.info, LogLevel.info, LogLevel.warn])
+
+    def test_otherEventsAsTwistedJSON(self) -> None:
+        event = {"log_namespace": "etpmitm.gateway", "log_level": LogLevel.error, "log_time": 2.0,
+                 "log_format": "x {thing}", "thing": object()}
+        line = encodeEvent(event)
+        self.assertEqual(line, eventAsJSON(event))
+        self.assertEqual(formatEvent(decodeEvent(line.encode())), formatEvent(eventFromJSON(line)))
+
+    def test_malformedLines(self) -> None:
+        for line in (AUDIT_MARK.encode() + b"{not json", b"{", b"\xff\xfe", AUDIT_MARK.encode() + b"\xff"):
+            self.assertIsNone(decodeEvent(line))
 
 
 class CommandTests(SynchronousTestCase):
@@ -131,6 +194,15 @@ class PoolTests(SynchronousTestCase):
         [got] = self.events
         self.assertEqual((got["log_namespace"], got["log_level"], got["log_time"]), ("etpmitm.audit", LogLevel.info, 1.5))
         self.assertEqual(formatEvent(got), "a -> b pid=7")
+
+    def test_workerAuditLinesReachTheMastersObserver(self) -> None:
+        event = auditEvents()[0]
+        line = encodeEvent(event).encode() + b"\n"
+        self.worker(1).childDataReceived(1, line[:7])
+        self.worker(1).childDataReceived(1, line[7:])
+        [got] = self.events
+        self.assertEqual((got["log_namespace"], got["log_level"], got["connection"], got["head"]["path"]),
+                         ("etpmitm.audit.request", LogLevel.info, "1-2", "/x"))
 
     def test_workerOutputOutsideItsLogIsLogged(self) -> None:
         self.worker(1).childDataReceived(2, b"etpmitm: error: no\n")
