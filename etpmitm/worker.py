@@ -10,7 +10,6 @@ import json
 import signal
 import sys
 
-from constantly import NamedConstant
 from twisted.logger import FileLogObserver, ILogObserver, LogEvent, eventAsJSON
 from twisted.scripts.twistd import run
 
@@ -34,7 +33,7 @@ def encodeEvent(event: LogEvent) -> str:
     if event.get("log_namespace") in _AUDIT_NAMESPACES:
         level = event.get("log_level")
         plain = {key: value for key, value in event.items() if key not in _NOT_SENT}
-        plain["log_level"] = level.name if isinstance(level, NamedConstant) else None
+        plain["log_level"] = getattr(level, "name", None)  # a LogLevel constant
         return AUDIT_MARK + json.dumps(plain, default=str, separators=(",", ":"))
     return eventAsJSON(event)
 

@@ -153,7 +153,7 @@ def decodeEvent(line: bytes) -> Any:
             event = json.loads(line[1:])
             if isinstance(event, dict):
                 level = event.get("log_level")
-                event["log_level"] = LogLevel.levelWithName(level) if level in _LEVELS else None
+                event["log_level"] = LogLevel.levelWithName(level) if isinstance(level, str) and level in _LEVELS else None
                 event["log_logger"] = event["log_source"] = None
                 _formatted(event)
             return event
