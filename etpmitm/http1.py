@@ -274,6 +274,8 @@ class HTTP1Observer:
         if self._fastEx is not None:
             if self._fastLeft is None:
                 return self._toSlow()
+            if self._fast is not None:
+                self._fast.forget()
             return self._endDevice([])  # cut mid-body: h11 ends the device's direction too
         self._slow = True
         self._down.receive_data(b"")
@@ -360,6 +362,7 @@ class HTTP1Observer:
                 del buffer[:left]
             ex.bytes_down += len(body)
             self._fastLeft = left - len(body)
+            self._fast.body(body)
             out.append(ToDevice(body))
         if self._fastLeft:
             return out
@@ -371,14 +374,14 @@ class HTTP1Observer:
             self._endBoth()  # the device ended behind its last request
             out, self._out = self._out, []
         elif self._fromDevice or self._fromOrigin or self._deviceEOF:
-            out += self._feedH11(self._pumpDevice)
+            out += self._feedH11(self._pumpOrigin)  # h11 would read on where the response ended
         return out
 
     def _toSlow(self) -> list[Action]:
         """The response needs h11: replay the request into it, then go on there."""
-        ex = self._fastEx
-        assert ex is not None
+        assert self._fastEx is not None and self._fast is not None
         self._fastEx = None
+        self._fast.forget()
         self._up.receive_data(self._fastHead)
         request, end = self._up.next_event(), self._up.next_event()
         if not isinstance(request, h11.Request) or not isinstance(end, h11.EndOfMessage):

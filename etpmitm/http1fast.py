@@ -121,7 +121,9 @@ class FastParser:
             return None
         collect = self._down
         collect.target, collect.headers = b"", []
-        parser = httptools.HttpResponseParser(collect)
+        parser, self._responses = self._responses, None
+        if parser is None:
+            parser = httptools.HttpResponseParser(collect)
         try:
             parser.feed_data(raw)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -135,4 +137,17 @@ class FastParser:
             return None
         if any(name == b"transfer-encoding" for name, _ in headers):
             return None
+        self._responses = parser  # it reads the body too, and is then ready for the next head
         return Head(headers, status=status, length=int(lengths[0]))
+
+    def body(self, data: bytes) -> None:
+        """Body bytes of the response :meth:`response` took (exactly its Content-Length in all)."""
+        if self._responses is not None:
+            try:
+                self._responses.feed_data(data)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+                self._responses = None
+
+    def forget(self) -> None:
+        """The exchange left the fast path: the response parser may be mid-message."""
+        self._responses = None
