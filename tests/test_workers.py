@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -9,6 +10,7 @@ from typing import Any
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import (
     LogLevel,
     Logger,
@@ -26,7 +28,7 @@ from etpmitm.sharedports import bindShared
 from etpmitm.audit import ConnectionRecord
 from etpmitm.auditlog import auditRecord
 from etpmitm.http import RequestHead, RequestRecord
-from etpmitm.worker import AUDIT_MARK, encodeEvent
+from etpmitm.worker import AUDIT_MARK, ToMaster, encodeEvent
 from etpmitm.workers import FIRST_LISTEN_FD, STOP_GRACE, WorkerPool, _Messages, decodeEvent, workerCommand
 
 
@@ -72,6 +74,56 @@ def auditEvents() -> list[dict[str, Any]]:
     finally:
         globalLogPublisher.removeObserver(events.append)
     return [e for e in events if e.get("log_namespace", "").startswith("etpmitm.audit")]
+
+
+class ToMasterTests(SynchronousTestCase):
+    """A worker's lines wait for the end of the reactor's turn, and go in one write."""
+
+    def setUp(self) -> None:
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        self.read = read
+        self.reactor = MemoryReactorClock()
+        self.reactor.running = True
+        self.observer = ToMaster(write, self.reactor)
+
+    def written(self) -> list[bytes]:
+        try:
+            return os.read(self.read, 1 << 20).splitlines()
+        except BlockingIOError:
+            return []
+
+    def test_batchedUntilTheTurnEnds(self) -> None:
+        events = auditEvents()
+        for event in events:
+            self.observer(event)
+        self.assertEqual(self.written(), [])
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.reactor.advance(0)
+        lines = self.written()
+        self.assertEqual([decodeEvent(line)["log_namespace"] for line in lines],
+                         [e["log_namespace"] for e in events])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_errorsAndAStoppedReactorWriteAtOnce(self) -> None:
+        event = {"log_namespace": "x", "log_level": LogLevel.info, "log_format": "a", "log_time": 1.0}
+        self.observer(event)
+        self.observer({**event, "log_level": LogLevel.error, "log_format": "b"})
+        self.assertEqual([formatEvent(decodeEvent(line)) for line in self.written()], ["a", "b"])
+        self.reactor.running = False
+        self.observer({**event, "log_format": "c"})
+        self.assertEqual([formatEvent(decodeEvent(line)) for line in self.written()], ["c"])
+
+    def test_aFullBatchWritesAtOnce(self) -> None:
+        self.observer.LIMIT = 4000  # the pipe holds less than the real limit
+        event = {"log_namespace": "x", "log_level": LogLevel.info, "log_format": "x" * 1000, "log_time": 1.0}
+        for _ in range(3):
+            self.observer(event)
+        self.assertEqual(self.written(), [])
+        self.observer(event)
+        self.assertEqual(len(self.written()), 4)
 
 
 class EventLineTests(SynchronousTestCase):
