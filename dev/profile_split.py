@@ -14,7 +14,7 @@ from collections import Counter
 
 CATEGORIES = [
     ("master: worker events (decode, text log, audit line)", ("workerLogged", "_Lines.dataReceived")),
-    ("audit: worker event -> JSON to the master", ("eventAsJSON", "logToMaster", "FileLogObserver")),
+    ("audit: worker event -> the master (encode, pipe write)", ("eventAsJSON", "logToMaster", "FileLogObserver", "ToMaster", "encodeEvent")),
     ("audit: request record (fields, emit)", ("RequestRecord.", "HTTP1Layer._began", "HTTP1Layer._finished")),
     ("HTTP/2 layer (h2, hpack, etpmitm h2 code)", ("h2/", "hpack/", "hyperframe/", "gateway/http2.py", "h2exchange.py", "gateway/_h2.py")),
     ("HTTP/1.1 observer (h11, llhttp path)", ("h11/", "etpmitm/http1.py", "http1fast.py", "http1guard.py", "altsvc.py")),
