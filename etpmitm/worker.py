@@ -49,14 +49,15 @@ class ToMaster:
 
     A busy worker logs an audit event per request: a write (and a wake-up of
     the master) per event would cost more than the event itself.  So lines
-    wait for the end of the reactor's turn and go in one write, unless the
-    reactor is not running (start-up, shutdown), the event is an error or
-    worse (it may be the last before a crash), 64 KiB are waiting, or the
-    event comes from another thread (written at once: a line under
-    ``PIPE_BUF`` is atomic).
+    wait up to :attr:`DELAY` seconds and go in one write, unless the reactor
+    is not running (start-up, shutdown), the event is an error or worse (it
+    may be the last before a crash), 64 KiB are waiting, or the event comes
+    from another thread (written at once: a line under ``PIPE_BUF`` is
+    atomic).
     """
 
     LIMIT = 65536
+    DELAY = 0.05
 
     def __init__(self, fd: int = 1, reactor: Any = None) -> None:
         self._fd = fd
@@ -87,7 +88,7 @@ class ToMaster:
             self.flush()
         elif not self._scheduled:
             self._scheduled = True
-            reactor.callLater(0, self.flush)
+            reactor.callLater(self.DELAY, self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
