@@ -558,12 +558,14 @@ def h2load(bench: Bench, settings: Settings) -> Comparison:
     for round_ in range(settings.rounds):
         for target in bench.targets(round_):
             events_before = bench.audit()
-            before = bench.cpu()
-            done = bench.client.run(
-                ["h2load", "-c4", "-m10", "-D", str(settings.duration), target.url(SMALL_PATH)],
-                timeout=settings.duration + 60,
-            )
-            after = bench.cpu()
+            profile = settings.profile is not None and target.name == "proxied" and round_ == settings.rounds - 1
+            with profiling(bench, settings, "h2load" if profile else None):
+                before = bench.cpu()
+                done = bench.client.run(
+                    ["h2load", "-c4", "-m10", "-D", str(settings.duration), target.url(SMALL_PATH)],
+                    timeout=settings.duration + 60,
+                )
+                after = bench.cpu()
             rate, counts = H2LOAD_RATE.search(done.stdout), H2LOAD_DONE.search(done.stdout)
             if rate is None or counts is None:
                 raise RuntimeError(f"h2load printed no rate:\n{done.stdout}\n{done.stderr}")
@@ -736,15 +738,15 @@ def settle(seconds: float = 1.0) -> None:
     time.sleep(seconds)
 
 
-def hold_connections(bench: Bench, count: int, timeout: float = 180) -> tuple[int, int, float]:
-    """Open count keep-alive connections through the gateway and read its RSS.
+def hold_connections(bench: Bench, count: int, timeout: float = 180, alpn: str = "http/1.1") -> tuple[int, int, float]:
+    """Open count keep-alive connections (``alpn``: http/1.1 or h2) through the gateway and read its RSS.
 
     Returns (connections open, RSS KiB while they are open, seconds to open).
     The holder verifies the gateway's certificate: spliced connections fail.
     """
     argv = [
         sys.executable, __file__, "hold", "--host", ORIGIN_IP, "--port", str(PROXIED_PORT),
-        "--cafile", str(bench.proxied.cafile), "--count", str(count),
+        "--cafile", str(bench.proxied.cafile), "--count", str(count), "--alpn", alpn,
     ]
     holder = bench.client.popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert holder.stdout is not None and holder.stdin is not None
@@ -800,10 +802,18 @@ def memory(bench: Bench, settings: Settings, idle_start: int) -> dict[str, Any]:
     opened2, held2, _ = hold_connections(bench, settings.hold)
     settle(AFTER_CLOSE)
     after2 = bench.rss()
+    opened_h2, held_h2, _ = hold_connections(bench, settings.hold, alpn="h2")
+    settle(2)
+    after_h2 = bench.rss()
     slow = slow_reader(bench, settings)
     per_connection = (held - idle) / opened if opened else float("nan")
+    # The allocator reuses what the closed keep-alive connections freed, so
+    # an h2 connection counts as a keep-alive one plus what 1,000 h2 ones
+    # hold beyond 1,000 keep-alive ones (the second cycle's).
+    per_h2 = per_connection + (held_h2 - held2) / opened_h2 if opened_h2 and opened2 == opened_h2 else float("nan")
     print(f"  RSS idle {idle} KiB, {opened} open {held} KiB, closed {after} KiB, "
-          f"again {held2} / {after2} KiB, slow reader {slow} KiB", flush=True)
+          f"again {held2} / {after2} KiB, {opened_h2} h2 open {held_h2} / closed {after_h2} KiB, "
+          f"slow reader {slow} KiB", flush=True)
     return {
         "rss_idle_start_kib": idle_start,
         "rss_idle_kib": idle,
@@ -816,6 +826,10 @@ def memory(bench: Bench, settings: Settings, idle_start: int) -> dict[str, Any]:
         "rss_open_second_cycle_kib": held2,
         "rss_after_second_close_kib": after2,
         "rss_growth_per_cycle_kib": after2 - after,
+        "open_h2_connections": opened_h2,
+        "rss_open_h2_kib": held_h2,
+        "rss_per_h2_connection_kib": per_h2,
+        "rss_after_h2_close_kib": after_h2,
         "rss_slow_reader_kib": slow,
         "slow_reader_seconds": settings.slow_seconds,
     }
@@ -887,6 +901,9 @@ def table(comparisons: dict[str, Comparison], mem: dict[str, Any]) -> str:
         f"  again: open / closed               {mem['rss_open_second_cycle_kib'] / 1024:8.1f}"
         f" / {mem['rss_after_second_close_kib'] / 1024:.1f} MiB"
         f"  (+{mem['rss_growth_per_cycle_kib'] / 1024:.1f} MiB per {mem['open_connections']}-connection cycle)",
+        f"  {mem['open_h2_connections']} open idle h2 connections      {mem['rss_open_h2_kib'] / 1024:8.1f} MiB",
+        f"  per open h2 connection             {mem['rss_per_h2_connection_kib']:8.1f} KiB"
+        f"  (a keep-alive one + the difference of 1,000 of each; target <= 64 KiB)",
         f"  slow reader (1 MB/s, 1 GiB file)   {mem['rss_slow_reader_kib'] / 1024:8.1f} MiB",
     ]
     lines += ["", "CPU per request, per MB for bulk (median of rounds; core share = CPU seconds / wall seconds)"]
@@ -1065,15 +1082,48 @@ async def open_one(host: str, port: int, context: ssl.SSLContext) -> tuple[async
     return reader, writer
 
 
-async def hold(host: str, port: int, cafile: str, count: int, parallel: int) -> None:
+async def open_one_h2(host: str, port: int, context: ssl.SSLContext) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """An HTTP/2 connection (ALPN h2) with one request done, then idle."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=ORIGIN_NAME)
+    if writer.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
+        raise RuntimeError("the gateway did not negotiate h2")
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", ORIGIN_NAME),
+                          (":path", SMALL_PATH)], end_stream=True)
+    writer.write(conn.data_to_send())
+    status = None
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            raise RuntimeError("the connection closed before the response ended")
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                status = dict(event.headers).get(b":status")
+            elif isinstance(event, h2.events.DataReceived):
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                if status != b"200":
+                    raise RuntimeError(f"unexpected status {status!r}")
+                writer.write(conn.data_to_send())
+                return reader, writer
+        writer.write(conn.data_to_send())
+
+
+async def hold(host: str, port: int, cafile: str, count: int, parallel: int, alpn: str = "http/1.1") -> None:
     """Open count connections, report on stdout, keep them until stdin closes."""
     context = ssl.create_default_context(cafile=cafile)
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols([alpn])
     gate = asyncio.Semaphore(parallel)
+    opener = open_one_h2 if alpn == "h2" else open_one
 
     async def one() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         async with gate:
-            return await asyncio.wait_for(open_one(host, port, context), 30)
+            return await asyncio.wait_for(opener(host, port, context), 30)
 
     started = time.monotonic()
     results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
@@ -1087,7 +1137,7 @@ async def hold(host: str, port: int, cafile: str, count: int, parallel: int) -> 
 
 
 def main_hold(args: argparse.Namespace) -> int:
-    asyncio.run(hold(args.host, args.port, args.cafile, args.count, args.parallel))
+    asyncio.run(hold(args.host, args.port, args.cafile, args.count, args.parallel, args.alpn))
     return 0
 
 
@@ -1131,6 +1181,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     holder.add_argument("--cafile", required=True)
     holder.add_argument("--count", type=int, required=True)
     holder.add_argument("--parallel", type=int, default=32)
+    holder.add_argument("--alpn", choices=("http/1.1", "h2"), default="http/1.1")
     holder.set_defaults(main=main_hold)
     return parser.parse_args(argv)
 

@@ -107,16 +107,21 @@ class RequestRecord:
     _emitted: bool = False
 
     def fields(self) -> dict[str, Any]:
-        """The event's fields, JSON-ready."""
-        fields = {
-            a.name: getattr(self, a.name)
-            for a in attrs.fields(RequestRecord)
-            if not a.name.startswith("_") and a.name != "log_query"
+        """The event's fields, JSON-ready (spelled out: this runs once per request)."""
+        h = self.head
+        head = {
+            "method": h.method, "authority": h.authority, "path": h.path, "query_length": h.query_length,
+            "user_agent": h.user_agent, "content_type": h.content_type, "content_length": h.content_length,
         }
-        fields["head"] = attrs.asdict(self.head)
-        if not self.log_query:
-            del fields["head"]["query"]
-        return fields
+        if self.log_query:
+            head["query"] = h.query
+        return {
+            "connection": self.connection, "stream": self.stream, "protocol": self.protocol, "head": head,
+            "started": self.started, "action": self.action, "reason": self.reason, "rule": self.rule,
+            "status": self.status, "response_content_type": self.response_content_type,
+            "bytes_up": self.bytes_up, "bytes_down": self.bytes_down, "headers_after": self.headers_after,
+            "duration": self.duration, "upgrade": self.upgrade, "category": self.category, "scan": self.scan,
+        }
 
     def emit(self, now: float) -> None:
         """Log the event, once."""

@@ -9,6 +9,12 @@ the two peers frame them); the observer cuts the original bytes where h11
 found the boundaries.  Requests h11 would accept but an origin could read
 another way are refused (:mod:`etpmitm.http1guard`).
 
+Plain keep-alive exchanges (a bodiless request whose head comes in one
+read, a response framed by Content-Length) take a fast path instead: llhttp
+parses their heads (:mod:`etpmitm.http1fast`), and h11 is not involved until
+an exchange needs it.  At that point the request is replayed into h11 and
+everything goes on as if h11 had read it.
+
 h11 handles one exchange at a time: a pipelined request waits, unparsed,
 until the response before it has ended (:attr:`HTTP1Observer.holding` says
 when the device should not be read).  A request refused in the read that
@@ -19,6 +25,7 @@ connection is closed.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Literal, Union
 from urllib.parse import urlsplit
 
@@ -28,6 +35,7 @@ import h11
 from etpmitm.altsvc import strip_head
 from etpmitm.blockpage import BlockResponse
 from etpmitm.http import ALLOW, Judge, RequestAction, RequestHead, RequestVerdict, allow_all, authority
+from etpmitm.http1fast import FastParser
 from etpmitm.http1guard import MAX_HEAD, MAX_HEADERS, check_chunk, check_head, check_last_chunk
 
 UNKNOWN = RequestHead(method="?", authority="", path="")
@@ -145,8 +153,14 @@ class HTTP1Observer:
     """Frames both directions of one HTTP/1.1 connection; see the module docstring."""
 
     def __init__(
-        self, judge: Judge = allow_all, *, max_headers: int = MAX_HEADERS, strip_alt_svc: bool = True
+        self,
+        judge: Judge = allow_all,
+        *,
+        max_headers: int = MAX_HEADERS,
+        strip_alt_svc: bool = True,
+        fast: bool = True,
     ) -> None:
+        """``fast=False`` frames everything with h11 (the fast path's reference, in tests)."""
         self._judge = judge
         self._max_headers = max_headers
         self._strip = strip_alt_svc
@@ -165,12 +179,25 @@ class HTTP1Observer:
         self._endedDevice = False
         self._cycled = False
         """An exchange ended and the next may start: held bytes can be parsed."""
+        self._fast = FastParser() if fast else None
+        self._slow = False
+        """h11 frames the current exchange (else h11 is idle, with nothing buffered)."""
+        self._fastEx: Exchange | None = None
+        """The exchange on the fast path, if any."""
+        self._fastHead = b""
+        """Its request head, to replay into h11 if the response needs h11."""
+        self._fastLeft: int | None = None
+        """Response body bytes still to come (None: the head has not come yet)."""
+        self._verdict: RequestVerdict | None = None
+        """The judge's verdict on a head the fast path passed to h11."""
 
     # -- what the layer asks ------------------------------------------------------------
 
     @property
     def holding(self) -> bool:
         """Device bytes wait for the current exchange to end: stop reading the device."""
+        if self._fastEx is not None:
+            return self.mode == "http" and len(self._fromDevice) > 0
         state = self._up.their_state
         return self.mode == "http" and len(self._fromDevice) > 0 and state is not h11.IDLE and state is not h11.SEND_BODY
 
@@ -194,6 +221,13 @@ class HTTP1Observer:
         if self.mode == "done" or self._deviceEOF or not data:
             return []
         self._fromDevice += data
+        if self._fastEx is not None:
+            return []  # held until the exchange ends
+        if not self._slow:
+            if (out := self._fastRequest()) is not None:
+                return out
+            self._slow = True
+            data = bytes(self._fromDevice)
         self._up.receive_data(data)
         return self._run(self._pumpDevice)
 
@@ -205,6 +239,11 @@ class HTTP1Observer:
         if self.mode == "done" or self._originEOF or not data:
             return []
         self._fromOrigin += data
+        if self._fastEx is not None:
+            return self._fastResponse()
+        if not self._slow:
+            self._slow = True
+            data = bytes(self._fromOrigin)
         self._down.receive_data(data)
         return self._run(self._pumpOrigin)
 
@@ -217,6 +256,10 @@ class HTTP1Observer:
             return self._endOrigin([])
         if self.mode == "done":
             return []
+        if self._fastEx is not None:
+            # h11 would pass the end on at once behind a complete request, or wait behind held bytes
+            return [] if self._fromDevice else self._endOrigin([])
+        self._slow = True
         self._up.receive_data(b"")
         return self._run(self._pumpDevice)
 
@@ -229,6 +272,13 @@ class HTTP1Observer:
             return self._endDevice([])
         if self.mode == "done":
             return []
+        if self._fastEx is not None:
+            if self._fastLeft is None:
+                return self._toSlow()
+            if self._fast is not None:
+                self._fast.forget()
+            return self._endDevice([])  # cut mid-body: h11 ends the device's direction too
+        self._slow = True
         self._down.receive_data(b"")
         return self._run(self._pumpOrigin)
 
@@ -247,7 +297,113 @@ class HTTP1Observer:
         except h11.LocalProtocolError as e:  # a mirrored event h11 will not take
             self._close(f"HTTP/1.1 framing failed: {e}", error=True)
         out, self._out = self._out, []
+        if (
+            self._fast is not None and self.mode == "http" and self._current is None
+            and not (self._fromDevice or self._fromOrigin or self._deviceEOF or self._originEOF)
+            and self._up.states == _IDLE and self._down.states == _IDLE
+        ):
+            self._slow = False  # between exchanges with nothing held: the next may be fast
         return out
+
+    # -- the fast path (see etpmitm.http1fast) -------------------------------------------------
+
+    def _fastRequest(self) -> list[Action] | None:
+        """The device's bytes as one plain request, or None for h11."""
+        buffer = self._fromDevice
+        if self._fast is None or self._current is not None or not buffer.endswith(b"\r\n\r\n"):
+            return None
+        raw = bytes(buffer)
+        if raw.find(b"\r\n\r\n") != len(raw) - 4:
+            return None  # more than one head (pipelined)
+        parsed = self._fast.request(raw)
+        if parsed is None or len(parsed.headers) > self._max_headers:
+            return None
+        head = head_facts(parsed.method, parsed.target, parsed.headers)
+        verdict = self._judge(head)
+        if verdict.action != "allow":
+            self._verdict = verdict  # h11 frames the gateway's answer
+            return None
+        buffer.clear()
+        self._count += 1
+        ex = self._current = self._fastEx = Exchange(self._count, head)
+        ex.reason, ex.rule, ex.category = verdict.reason, verdict.rule, verdict.category
+        ex.bytes_up = len(raw)
+        ex.announced = ex.request_done = True
+        self._fastHead, self._fastLeft = raw, None
+        return [Began(ex), ToOrigin(raw)]
+
+    def _fastResponse(self) -> list[Action]:
+        """The origin's bytes for the exchange on the fast path."""
+        ex = self._fastEx
+        assert ex is not None and self._fast is not None
+        buffer = self._fromOrigin
+        out: list[Action] = []
+        if self._fastLeft is None:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                # h11 also ends a head at a blank line after a bare LF
+                return self._toSlow() if len(buffer) > MAX_HEAD or _BLANK_LINE.search(buffer) else []
+            raw = bytes(buffer[: end + 4])
+            parsed = self._fast.response(raw)
+            if parsed is None:
+                return self._toSlow()
+            del buffer[: end + 4]
+            ex.status, ex.content_type = parsed.status, _header(parsed.headers, b"content-type")
+            data = strip_head(raw) if self._strip else raw
+            ex.bytes_down += len(data)
+            out += [ToDevice(data), Responded(ex)]
+            self._fastLeft = parsed.length
+        left = self._fastLeft
+        if left and buffer:
+            if left >= len(buffer):
+                body = bytes(buffer)
+                buffer.clear()
+            else:
+                body = bytes(buffer[:left])
+                del buffer[:left]
+            ex.bytes_down += len(body)
+            self._fastLeft = left - len(body)
+            self._fast.body(body)
+            out.append(ToDevice(body))
+        if self._fastLeft:
+            return out
+        ex.response_done = True
+        out.append(Finished(ex))
+        self._current = self._fastEx = None
+        if self._deviceEOF and not self._fromDevice:
+            self._out = out
+            self._endBoth()  # the device ended behind its last request
+            out, self._out = self._out, []
+        elif self._fromDevice or self._fromOrigin or self._deviceEOF:
+            out += self._feedH11(self._pumpOrigin)  # h11 would read on where the response ended
+        return out
+
+    def _toSlow(self) -> list[Action]:
+        """The response needs h11: replay the request into it, then go on there."""
+        assert self._fastEx is not None and self._fast is not None
+        self._fastEx = None
+        self._fast.forget()
+        self._up.receive_data(self._fastHead)
+        request, end = self._up.next_event(), self._up.next_event()
+        if not isinstance(request, h11.Request) or not isinstance(end, h11.EndOfMessage):
+            raise HTTP1Error(f"h11 read a fast-path request as {request!r}, {end!r}")
+        _mirror(self._down, request)
+        _mirror(self._down, end)
+        # h11 reads what the device did meanwhile first (its end, as it would have at once)
+        return self._feedH11(lambda: self._pumpDevice() | self._pumpOrigin())
+
+    def _feedH11(self, first: Callable[[], bool]) -> list[Action]:
+        """Hand what waits (bytes, ends) to h11 and run it."""
+        self._slow = True
+        if self._fromDevice:
+            self._up.receive_data(bytes(self._fromDevice))
+        if self._deviceEOF:
+            self._up.receive_data(b"")
+        if self._fromOrigin:
+            self._down.receive_data(bytes(self._fromOrigin))
+        if self._originEOF:
+            self._down.receive_data(b"")
+        return self._run(first)
 
     def _pumpDevice(self) -> bool:
         """Read requests; True if anything happened."""
@@ -317,6 +473,7 @@ class HTTP1Observer:
         self._count += 1
         head = request_head(event)
         ex = self._current = Exchange(self._count, head)
+        verdict, self._verdict = self._verdict, None
         ex.bytes_up = len(raw)
         ex.chunked = any(name == b"transfer-encoding" for name, _ in event.headers)
         if problem := check_head(raw, event.headers, max_headers=self._max_headers):
@@ -325,7 +482,8 @@ class HTTP1Observer:
         if event.method == b"CONNECT":
             self._refuse(ex, 405, "CONNECT inside TLS is not relayed")
             return
-        verdict = self._judge(head)
+        if verdict is None:
+            verdict = self._judge(head)
         ex.reason, ex.rule, ex.category = verdict.reason, verdict.rule, verdict.category
         if verdict.action != "allow":
             ex.action = "block"
@@ -550,13 +708,18 @@ class HTTP1Observer:
         return raw
 
 
+_IDLE = {h11.CLIENT: h11.IDLE, h11.SERVER: h11.IDLE}
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+"""Where h11 ends a head (h11._receivebuffer)."""
+
+
 def _unread(connection: h11.Connection) -> int:
     """Bytes h11 has received but not turned into events yet."""
     buffer = getattr(connection, "_receive_buffer", None)  # cheap; trailing_data copies
     return len(buffer) if buffer is not None else len(connection.trailing_data[0])
 
 
-def _header(headers: h11._headers.Headers, name: bytes) -> str | None:
+def _header(headers: h11._headers.Headers | list[tuple[bytes, bytes]], name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
             return value.decode("latin-1")
@@ -565,23 +728,28 @@ def _header(headers: h11._headers.Headers, name: bytes) -> str | None:
 
 def request_head(event: h11.Request) -> RequestHead:
     """The facts the policy and the audit see of one request."""
-    target = event.target.decode("latin-1")
-    host = _header(event.headers, b"host") or ""
+    return head_facts(event.method, event.target, event.headers)
+
+
+def head_facts(method: bytes, raw_target: bytes, headers: h11._headers.Headers | list[tuple[bytes, bytes]]) -> RequestHead:
+    """:func:`request_head` from the parts (header names in lower case)."""
+    target = raw_target.decode("latin-1")
+    host = _header(headers, b"host") or ""
     query_length = len(target.partition("?")[2]) if "?" in target else 0
     if target.startswith(("http://", "https://")):
         parts = urlsplit(target)
         host, path = parts.netloc or host, parts.path or "/"
     else:
         path = target.partition("?")[0]
-    length = _header(event.headers, b"content-length")
+    length = _header(headers, b"content-length")
     return RequestHead(
-        method=event.method.decode("latin-1"),
+        method=method.decode("latin-1"),
         authority=authority(host),
         path=path,
         query_length=query_length,
         query=target.partition("?")[2] if "?" in target else None,
-        user_agent=_header(event.headers, b"user-agent"),
-        content_type=_header(event.headers, b"content-type"),
+        user_agent=_header(headers, b"user-agent"),
+        content_type=_header(headers, b"content-type"),
         content_length=int(length) if length is not None and length.isdigit() else None,
     )
 

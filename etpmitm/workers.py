@@ -46,11 +46,12 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessDone
 from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import ILogObserver, Logger, eventFromJSON, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
 from etpmitm import metrics
 from etpmitm.sharedports import stopListening
+from etpmitm.worker import AUDIT_MARK
 
 log = Logger()
 
@@ -163,6 +164,39 @@ class _Worker(ProcessProtocol):
         self.ended.callback(None)
 
 
+def decodeEvent(line: bytes) -> Any:
+    """The event a worker's line carries (:func:`etpmitm.worker.encodeEvent`), or None."""
+    try:
+        if line[:1] == _AUDIT_MARK:
+            event = json.loads(line[1:])
+            if isinstance(event, dict):
+                level = event.get("log_level")
+                event["log_level"] = LogLevel.levelWithName(level) if isinstance(level, str) and level in _LEVELS else None
+                event["log_logger"] = event["log_source"] = None
+                _formatted(event)
+            return event
+        return eventFromJSON(line.decode())
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError among them
+        return None
+
+
+def _formatted(event: dict[str, Any]) -> None:
+    """Give the event its message, formatted once by ``str.format`` (the same
+    text as Twisted's formatter, which parses the format field by field each
+    time an observer asks; an audit event's fields are plain values)."""
+    format = event.get("log_format")
+    if isinstance(format, str):
+        try:
+            text = format.format(**event)
+        except Exception:  # a format only Twisted reads ("{f()}"): it stays
+            return
+        event["log_format"] = text.replace("{", "{{").replace("}", "}}")
+
+
+_AUDIT_MARK = AUDIT_MARK.encode("ascii")
+_LEVELS = frozenset(level.name for level in LogLevel.iterconstants())
+
+
 class WorkerPool(Service):
     """Runs and watches the workers; see the module's docstring."""
 
@@ -239,11 +273,8 @@ class WorkerPool(Service):
                 worker.send(message)
 
     def workerLogged(self, worker: _Worker, line: bytes) -> None:
-        """A worker's log event (one JSON line): log it here, as it was."""
-        try:
-            event = eventFromJSON(line.decode())
-        except ValueError:
-            event = None
+        """A worker's log event (one line, :func:`etpmitm.worker.encodeEvent`): log it here, as it was."""
+        event = decodeEvent(line)
         if isinstance(event, dict) and "log_namespace" in event:
             self._observer(event)
         elif line.strip():

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import LogPublisher, Logger, eventAsJSON, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -91,6 +92,15 @@ class RecordTests(SynchronousTestCase):
                          json.loads(json.dumps(record.fields())))
         self.assertEqual((line["connection"], line["action"], line["status"], line["duration"]),
                          ("1a-2", "block", 403, 0.25))
+
+    def test_requestFieldsAreTheRecordsFields(self) -> None:
+        """RequestRecord.fields spells its keys out: none of the record's or the head's is left behind."""
+        record = requestRecord("1a-2")
+        names = {a.name for a in attrs.fields(RequestRecord) if not a.name.startswith("_")} - {"log_query"}
+        self.assertEqual(set(record.fields()), names)
+        self.assertEqual(record.fields()["head"], {k: v for k, v in attrs.asdict(record.head).items() if k != "query"})
+        record.log_query = True
+        self.assertEqual(record.fields()["head"], attrs.asdict(record.head))
 
     def test_joined_by_the_connection_id(self) -> None:
         connection = connectionRecord()

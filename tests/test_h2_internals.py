@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 from twisted.trial.unittest import SynchronousTestCase
 
-from etpmitm.gateway._h2 import GracefulH2Connection, goaway_frame
+from etpmitm.gateway._h2 import GracefulH2Connection, compact_settings, goaway_frame
 
 
 def pair() -> tuple[h2.connection.H2Connection, GracefulH2Connection]:
@@ -53,3 +56,37 @@ class GracefulGoawayTests(SynchronousTestCase):
         [event] = client.receive_data(goaway_frame(0, 0xABC))
         assert isinstance(event, h2.events.ConnectionTerminated)
         self.assertEqual(event.error_code, 0xABC)
+
+
+class CompactSettingsTests(SynchronousTestCase):
+    def test_settingsStillWork(self) -> None:
+        """Compacted settings take changes and acknowledgements both ways as h2's own do."""
+        server, client = pair()
+        client.compact()
+        S = h2.settings.SettingCodes
+        client.update_settings({S.MAX_CONCURRENT_STREAMS: 7, S.INITIAL_WINDOW_SIZE: 1000})
+        self.assertEqual(client.local_settings.initial_window_size, 65535)  # until the peer acknowledges
+        server.receive_data(client.data_to_send())
+        client.receive_data(server.data_to_send())  # the ACK
+        self.assertEqual((client.local_settings.max_concurrent_streams, client.local_settings.initial_window_size),
+                         (7, 1000))
+        server.update_settings({S.MAX_FRAME_SIZE: 32768, S.HEADER_TABLE_SIZE: 1024})
+        events = client.receive_data(server.data_to_send())
+        [changed] = [e for e in events if isinstance(e, h2.events.RemoteSettingsChanged)]
+        self.assertEqual(changed.changed_settings[S.MAX_FRAME_SIZE].new_value, 32768)
+        self.assertEqual((client.remote_settings.max_frame_size, client.remote_settings.header_table_size),
+                         (32768, 1024))
+        server.receive_data(client.data_to_send())
+        self.assertEqual(server.local_settings.max_frame_size, 32768)
+
+    def test_smallerThanH2sDeques(self) -> None:
+        """h2 keeps a dict of per-setting deques (the private shape compact_settings relies on)."""
+        settings = h2.settings.Settings(client=True)
+        values = settings._settings
+        self.assertIsInstance(values, dict)
+        self.assertTrue(all(hasattr(v, "popleft") and hasattr(v, "append") for v in values.values()))
+        before = sum(sys.getsizeof(v) for v in values.values())
+        compact_settings(settings)
+        after = sum(sys.getsizeof(v) for v in settings._settings.values())
+        self.assertLess(after * 4, before)
+        self.assertEqual(settings.initial_window_size, 65535)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import attrs
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -312,6 +313,111 @@ class FuzzTests(SynchronousTestCase):
                     self.assertIsNotNone(action.exchange.status)
         # The origin gets device bytes in order, some left out, nothing added.
         self.assertTrue(is_subsequence(forwarded_up, sent_up))
+
+
+REQUEST_LINES = [b"GET / HTTP/1.1", b"GET /a?b=1 HTTP/1.1", b"POST /up HTTP/1.1", b"HEAD / HTTP/1.1",
+                 b"GET http://x.test/p HTTP/1.1", b"GET /blocked HTTP/1.1", b"CONNECT a:443 HTTP/1.1",
+                 b"GET / HTTP/1.0", b"OPTIONS * HTTP/1.1", b"GET /\xc3\xbc HTTP/1.1", b"GET /a b HTTP/1.1",
+                 b"get / HTTP/1.1", b"GET / HTTP/2.0", b"GET  / HTTP/1.1", b"G@T / HTTP/1.1", b"GET / HTTP/1.1 "]
+REQUEST_FIELDS = [b"Host: a.test", b"host:  A.Test:443  ", b"Host:", b"Host: b.test", b"User-Agent: x\ty/1",
+                  b"Content-Length: 0", b"Content-Length: 2", b"Content-Length: 2, 2", b"Transfer-Encoding: chunked",
+                  b"Connection: close", b"Connection: keep-alive", b"Connection: Keep-Alive, Upgrade",
+                  b"Upgrade: websocket", b"Expect: 100-continue", b"X: a\x01b", b"X: \x80\xff", b"Bad Name: v",
+                  b" folded", b"X:v", b"Content-Type: text/plain", b"X: a\x00b", b"X-Empty: ", b"X : v"]
+STATUS_LINES = [b"HTTP/1.1 200 OK", b"HTTP/1.1 200", b"HTTP/1.0 200 OK", b"HTTP/1.1 204 No Content",
+                b"HTTP/1.1 304 Not Modified", b"HTTP/1.1 100 Continue", b"HTTP/1.1 101 Switching Protocols",
+                b"HTTP/1.1 404 Not \xc3\xa9", b"HTTP/1.1 999 X", b"HTTP/1.1 20 OK", b"HTTP/1.1 200 OK "]
+RESPONSE_FIELDS = [b"Content-Length: 2", b"Content-Length: 0", b"Content-Length: 02", b"Content-Length:  2 ",
+                   b"Content-Length: 2, 2", b"Content-Length: -1", b"Content-Length: 99999999999999999999",
+                   b"Transfer-Encoding: chunked", b"Connection: close", b"Connection: keep-alive",
+                   b"Content-Type: text/html", b"Alt-Svc: h3=\":443\", h2=\":443\"", b"Upgrade: x", b" folded",
+                   b"X: \x01"]
+
+
+@st.composite
+def head(draw: st.DrawFn, lines: list[bytes], fields: list[bytes]) -> bytes:
+    parts = [draw(st.sampled_from(lines)), *draw(st.lists(st.sampled_from(fields), max_size=5))]
+    ends = [draw(st.sampled_from([b"\r\n"] * 8 + [b"\n", b"\r"])) for _ in parts]
+    return b"".join(p + e for p, e in zip(parts, ends)) + b"\r\n" + draw(st.sampled_from([b"", b"ok", b"0\r\n\r\n"]))
+
+
+@st.composite
+def exchanges(draw: st.DrawFn) -> list[tuple[str, bytes]]:
+    """Keep-alive exchanges, mostly plain, cut anywhere; sometimes pipelined or ended."""
+    plain_request = b"GET /%d HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    plain_response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+    plan: list[tuple[str, bytes]] = []
+    for n in range(draw(st.integers(1, 4))):
+        request = draw(st.one_of(st.just(plain_request % n), head(REQUEST_LINES, REQUEST_FIELDS)))
+        response = draw(st.one_of(st.just(plain_response), head(STATUS_LINES, RESPONSE_FIELDS)))
+        if draw(st.booleans()):
+            request += plain_request % (n + 10)  # pipelined
+        for side, data in (("device", request), ("origin", response)):
+            cut = draw(st.integers(0, len(data)))
+            plan += [(side, data[:cut]), (side, data[cut:])] if draw(st.booleans()) else [(side, data)]
+        if draw(st.integers(0, 5)) == 0:
+            plan.append((draw(st.sampled_from(["device_ended", "origin_ended"])), b""))
+    if draw(st.booleans()):
+        plan.insert(draw(st.integers(0, len(plan))), (draw(st.sampled_from(["device_ended", "origin_ended"])), b""))
+    return plan
+
+
+def observed(observer: HTTP1Observer, what: str, data: bytes) -> list[object]:
+    """One call's actions with the exchanges' state after it, data runs joined."""
+    out = getattr(observer, what)(data) if what in ("device", "origin") else getattr(observer, what)()
+    seen: list[object] = []
+    for action in out:
+        if isinstance(action, (ToOrigin, ToDevice)) and seen and type(seen[-1]) is type(action):
+            seen[-1] = type(action)(seen[-1].data + action.data)  # type: ignore[union-attr]
+        elif hasattr(action, "exchange"):
+            state = {k: v for k, v in attrs.asdict(action.exchange).items() if k != "framing"}  # type: ignore[union-attr]
+            seen.append((type(action).__name__, state))
+        else:
+            seen.append(action)
+    seen.append((observer.mode, observer.holding, observer.awaiting_response))
+    return seen
+
+
+class FastPathTests(SynchronousTestCase):
+    """The llhttp fast path (etpmitm.http1fast) decides as h11 alone does."""
+
+    def test_plainExchangesTakeTheFastPath(self) -> None:
+        observer = HTTP1Observer(judge)
+        for _ in range(3):
+            out = observer.device(GET)
+            self.assertIsNotNone(observer._fastEx)
+            self.assertEqual(to_origin(out), GET)
+            out = observer.origin(OK)
+            self.assertEqual((to_device(out), len(finished(out))), (OK, 1))
+            self.assertFalse(observer._slow)
+
+    def test_anythingElseGoesToH11AndBack(self) -> None:
+        observer = HTTP1Observer(judge)
+        chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        observer.device(GET)
+        out = observer.origin(chunked)  # the response needs h11: the request is replayed into it
+        self.assertEqual((to_device(out), len(finished(out))), (chunked, 1))
+        self.assertFalse(observer._slow)
+        out = observer.device(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        self.assertTrue(observer._slow)
+        out += observer.origin(OK)
+        self.assertEqual(len(finished(out)), 1)
+        self.assertFalse(observer._slow)
+        observer.device(GET)
+        self.assertIsNotNone(observer._fastEx)
+
+    @settings(max_examples=1500, deadline=None)
+    @given(exchanges())
+    def test_sameDecisionsAsH11(self, plan: list[tuple[str, bytes]]) -> None:
+        fast, reference = HTTP1Observer(judge), HTTP1Observer(judge, fast=False)
+        for what, data in plan:
+            try:
+                expected = observed(reference, what, data)
+            except HTTP1Error:
+                with self.assertRaises(HTTP1Error):
+                    observed(fast, what, data)
+                return
+            self.assertEqual(observed(fast, what, data), expected, (what, data))
 
 
 class HTTP10OriginTests(SynchronousTestCase):

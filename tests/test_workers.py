@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -10,13 +11,26 @@ from typing import Any
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, Logger, eventAsJSON, formatEvent
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import (
+    LogLevel,
+    Logger,
+    eventAsJSON,
+    eventFromJSON,
+    formatEvent,
+    formatEventAsClassicLogText,
+    globalLogPublisher,
+)
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from etpmitm import workers
 from etpmitm.sharedports import bindShared
-from etpmitm.workers import FIRST_LISTEN_FD, STOP_GRACE, WorkerPool, _Messages, workerCommand
+from etpmitm.audit import ConnectionRecord
+from etpmitm.auditlog import auditRecord
+from etpmitm.http import RequestHead, RequestRecord
+from etpmitm.worker import AUDIT_MARK, ToMaster, encodeEvent
+from etpmitm.workers import FIRST_LISTEN_FD, STOP_GRACE, WorkerPool, _Messages, decodeEvent, workerCommand
 
 
 class MessagesTests(SynchronousTestCase):
@@ -41,6 +55,109 @@ class MessagesTests(SynchronousTestCase):
         self.messages.dataReceived(b"x" * (_Messages.MAX_LENGTH + 1))
         self.messages.dataReceived(b'tail of it\n{"ok": 1}\n')
         self.assertEqual(self.got, [{"ok": 1}])
+
+
+def auditEvents() -> list[dict[str, Any]]:
+    """A request event and a connection event (ok and failed), as the gateway logs them."""
+    events: list[dict[str, Any]] = []
+    head = RequestHead(method="GET", authority="a.test", path="/x", query_length=3, user_agent="ua\u00e9/1")
+    request = RequestRecord(connection="1-2", stream=3, protocol="http/1.1", head=head, started=10.0,
+                            reason="it's \"quoted\" {x} }", status=200, headers_after=0.123)
+    connection = ConnectionRecord(client="10.0.0.1:5", destination="10.0.0.2:443", started=10.0,
+                                  sni="a.test", alpn_offered=("h2", "http/1.1"))
+    failed = ConnectionRecord(client="10.0.0.1:6", destination="10.0.0.2:443", started=10.0)
+    failed.fail("origin refused")
+    globalLogPublisher.addObserver(events.append)
+    try:
+        request.emit(11.0)
+        connection.emit(12.0)
+        failed.emit(12.5)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return [e for e in events if e.get("log_namespace", "").startswith("etpmitm.audit")]
+
+
+class ToMasterTests(SynchronousTestCase):
+    """A worker's lines wait a moment, and go in one write."""
+
+    def setUp(self) -> None:
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        self.read = read
+        self.reactor = MemoryReactorClock()
+        self.reactor.running = True
+        self.observer = ToMaster(write, self.reactor)
+
+    def written(self) -> list[bytes]:
+        try:
+            return os.read(self.read, 1 << 20).splitlines()
+        except BlockingIOError:
+            return []
+
+    def test_batchedForAMoment(self) -> None:
+        events = auditEvents()
+        for event in events:
+            self.observer(event)
+        self.assertEqual(self.written(), [])
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        self.reactor.advance(ToMaster.DELAY / 2)
+        self.assertEqual(self.written(), [])
+        self.reactor.advance(ToMaster.DELAY / 2)
+        lines = self.written()
+        self.assertEqual([decodeEvent(line)["log_namespace"] for line in lines],
+                         [e["log_namespace"] for e in events])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_errorsAndAStoppedReactorWriteAtOnce(self) -> None:
+        event = {"log_namespace": "x", "log_level": LogLevel.info, "log_format": "a", "log_time": 1.0}
+        self.observer(event)
+        self.observer({**event, "log_level": LogLevel.error, "log_format": "b"})
+        self.assertEqual([formatEvent(decodeEvent(line)) for line in self.written()], ["a", "b"])
+        self.reactor.running = False
+        self.observer({**event, "log_format": "c"})
+        self.assertEqual([formatEvent(decodeEvent(line)) for line in self.written()], ["c"])
+
+    def test_aFullBatchWritesAtOnce(self) -> None:
+        self.observer.LIMIT = 4000  # the pipe holds less than the real limit
+        event = {"log_namespace": "x", "log_level": LogLevel.info, "log_format": "x" * 1000, "log_time": 1.0}
+        for _ in range(3):
+            self.observer(event)
+        self.assertEqual(self.written(), [])
+        self.observer(event)
+        self.assertEqual(len(self.written()), 4)
+
+
+class EventLineTests(SynchronousTestCase):
+    """A worker's events reach the master's observers as Twisted's own JSON would bring them."""
+
+    def test_auditEventsAsPlainJSON(self) -> None:
+        events = auditEvents()
+        self.assertEqual([e["log_namespace"] for e in events],
+                         ["etpmitm.audit.request", "etpmitm.audit", "etpmitm.audit"])
+        for event in events:
+            line = encodeEvent(event)
+            self.assertTrue(line.startswith(AUDIT_MARK))
+            self.assertNotIn("\n", line)
+            got = decodeEvent(line.encode())
+            reference = eventFromJSON(eventAsJSON(event))
+            self.assertEqual(formatEventAsClassicLogText(got), formatEventAsClassicLogText(reference))
+            self.assertEqual(auditRecord(got), auditRecord(reference))
+            self.assertIs(got["log_level"], event["log_level"])
+        self.assertEqual([decodeEvent(encodeEvent(e).encode())["log_level"] for e in events],
+                         [LogLevel.info, LogLevel.info, LogLevel.warn])
+
+    def test_otherEventsAsTwistedJSON(self) -> None:
+        event = {"log_namespace": "etpmitm.gateway", "log_level": LogLevel.error, "log_time": 2.0,
+                 "log_format": "x {thing}", "thing": object()}
+        line = encodeEvent(event)
+        self.assertEqual(line, eventAsJSON(event))
+        self.assertEqual(formatEvent(decodeEvent(line.encode())), formatEvent(eventFromJSON(line)))
+
+    def test_malformedLines(self) -> None:
+        for line in (AUDIT_MARK.encode() + b"{not json", b"{", b"\xff\xfe", AUDIT_MARK.encode() + b"\xff"):
+            self.assertIsNone(decodeEvent(line))
 
 
 class CommandTests(SynchronousTestCase):
@@ -152,6 +269,15 @@ class PoolTests(SynchronousTestCase):
         [got] = self.events
         self.assertEqual((got["log_namespace"], got["log_level"], got["log_time"]), ("etpmitm.audit", LogLevel.info, 1.5))
         self.assertEqual(formatEvent(got), "a -> b pid=7")
+
+    def test_workerAuditLinesReachTheMastersObserver(self) -> None:
+        event = auditEvents()[0]
+        line = encodeEvent(event).encode() + b"\n"
+        self.worker(1).childDataReceived(1, line[:7])
+        self.worker(1).childDataReceived(1, line[7:])
+        [got] = self.events
+        self.assertEqual((got["log_namespace"], got["log_level"], got["connection"], got["head"]["path"]),
+                         ("etpmitm.audit.request", LogLevel.info, "1-2", "/x"))
 
     def test_workerOutputOutsideItsLogIsLogged(self) -> None:
         self.worker(1).childDataReceived(2, b"etpmitm: error: no\n")

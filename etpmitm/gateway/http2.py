@@ -148,6 +148,7 @@ class HTTP2Layer:
         for connection in (self._device, self._origin):
             connection.initiate_connection()
             connection.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+            connection.compact()
         self._send()
 
     def deviceData(self, data: bytes) -> None:
