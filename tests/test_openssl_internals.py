@@ -25,6 +25,7 @@ from etpmitm.gateway._openssl import (
     feed,
     incoming,
     outgoing,
+    shed,
     takeOutgoing,
 )
 from etpmitm.tlsconfig import hardened_context
@@ -196,3 +197,68 @@ class FeedAndEncryptTests(SynchronousTestCase):
         with self.assertRaises(SSL.Error) as theirs:
             self.client.send(b"too late")
         self.assertEqual(type(ours.exception), type(theirs.exception))
+
+
+class ShedTests(SynchronousTestCase):
+    """:func:`shed` swaps an idle connection's memory BIOs for fresh ones."""
+
+    def setUp(self) -> None:
+        self.server, self.client = pair()
+
+    def bios(self, connection: SSL.Connection) -> tuple[object, object]:
+        return (connection._into_ssl, connection._from_ssl)
+
+    def exchange(self) -> None:
+        """Both directions still carry data, through the public API."""
+        self.client.sendall(b"ping" * 5000)  # two records
+        _move(self.client, self.server)
+        self.assertEqual(decryptAvailable(self.server), (b"ping" * 5000, None))
+        self.server.send(b"pong")
+        _move(self.server, self.client)
+        self.assertEqual(self.client.recv(RECORD), b"pong")
+
+    def test_emptyBIOsAreReplaced(self) -> None:
+        for connection in (self.server, self.client):
+            old = self.bios(connection)
+            self.assertTrue(shed(connection))
+            new = self.bios(connection)
+            self.assertNotEqual(new[0], old[0])
+            self.assertNotEqual(new[1], old[1])
+            self.assertEqual((incoming(connection), outgoing(connection)), (0, 0))
+        self.exchange()
+
+    def test_notWhileCiphertextWaitsToBeRead(self) -> None:
+        self.client.send(b"waiting")
+        self.server.bio_write(takeOutgoing(self.client))
+        old = self.bios(self.server)
+        self.assertFalse(shed(self.server))
+        self.assertEqual(self.bios(self.server), old)
+        self.assertEqual(decryptAvailable(self.server), (b"waiting", None))
+
+    def test_notWhileRecordsWaitToBeSent(self) -> None:
+        self.client.send(b"unsent")
+        old = self.bios(self.client)
+        self.assertFalse(shed(self.client))
+        self.assertEqual(self.bios(self.client), old)
+        self.server.bio_write(takeOutgoing(self.client))
+        self.assertEqual(decryptAvailable(self.server), (b"unsent", None))
+
+    def test_aPartialRecordSurvives(self) -> None:
+        """OpenSSL has taken the first part of a record out of the BIO; the rest completes it."""
+        self.client.send(b"a" * 1000)
+        records = takeOutgoing(self.client)
+        self.server.bio_write(records[:500])
+        self.assertEqual(decryptAvailable(self.server), (b"", None))
+        self.assertTrue(shed(self.server))
+        self.server.bio_write(records[500:])
+        self.assertEqual(decryptAvailable(self.server), (b"a" * 1000, None))
+        self.exchange()
+
+    def test_closeNotifyAfterShedding(self) -> None:
+        self.assertTrue(shed(self.server))
+        self.assertTrue(shed(self.client))
+        self.client.shutdown()
+        self.server.bio_write(takeOutgoing(self.client))
+        data, ended = decryptAvailable(self.server)
+        self.assertEqual(data, b"")
+        self.assertIsInstance(ended, SSL.ZeroReturnError)

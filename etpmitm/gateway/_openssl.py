@@ -10,7 +10,9 @@ asks how many bytes wait before it reads (:func:`incoming`,
 :func:`outgoing`), decrypts everything one socket read brought into one
 reused buffer, copied out once (:func:`decryptAvailable`), and hands bytes to
 OpenSSL directly (:func:`feed`, :func:`encrypt`), falling back to pyOpenSSL's
-error handling only when a call fails.
+error handling only when a call fails.  :func:`shed` gives an idle
+connection's memory BIOs back (a memory BIO keeps the largest size it ever
+held: the handshake's flights, or a 256 KiB read).
 
 These use cryptography's cffi bindings as pyOpenSSL ships them
 (``OpenSSL.SSL._lib``, ``_ffi``) and three private attributes of
@@ -33,7 +35,10 @@ _ffi: Any = getattr(SSL, "_ffi")
 
 INTERNALS: dict[str, tuple[str, ...]] = {
     "OpenSSL.SSL": ("_lib", "_ffi"),
-    "OpenSSL.SSL._lib": ("SSL_read", "SSL_write", "SSL_pending", "BIO_read", "BIO_write", "BIO_get_mem_data"),
+    "OpenSSL.SSL._lib": (
+        "SSL_read", "SSL_write", "SSL_pending", "SSL_set_bio",
+        "BIO_read", "BIO_write", "BIO_get_mem_data", "BIO_new", "BIO_s_mem", "BIO_free",
+    ),
     "OpenSSL.SSL.Connection": ("_ssl", "_into_ssl", "_from_ssl", "_raise_ssl_error", "_handle_bio_errors"),
 }
 """Private names used here, per owner."""
@@ -126,3 +131,34 @@ def decryptAvailable(connection: SSL.Connection) -> tuple[bytes, BaseException |
     if got:
         parts.append(bytes(_view[:got]))
     return (parts[0] if len(parts) == 1 else b"".join(parts)), ended
+
+
+SHED_AFTER = 2**16
+"""Bytes through one memory BIO in one go after which the relay sheds both (:func:`shed`)."""
+
+
+def shed(connection: SSL.Connection) -> bool:
+    """Swap ``connection``'s two memory BIOs for new, empty ones, if both are empty.
+
+    A memory BIO grows to hold what is written into it and keeps that size
+    when it is read empty, so an idle connection held the handshake's
+    flights (about 4 KiB each end), and one that relayed a large read,
+    hundreds of KiB.  ``SSL_set_bio`` frees the old pair.  OpenSSL keeps a
+    partial record in its own read buffer, not in the BIO, so nothing is
+    lost.  False (nothing done) while either BIO holds bytes.  Not for a
+    connection whose read BIO pyOpenSSL ended (``bio_shutdown``, which the
+    relay never calls): a fresh one would not report that end.
+    """
+    into, out = connection._into_ssl, connection._from_ssl
+    if into is None or _lib.BIO_get_mem_data(into, _ffi.NULL) or _lib.BIO_get_mem_data(out, _ffi.NULL):
+        return False
+    fresh = _lib.BIO_new(_lib.BIO_s_mem())
+    if fresh == _ffi.NULL:
+        return False
+    freshOut = _lib.BIO_new(_lib.BIO_s_mem())
+    if freshOut == _ffi.NULL:
+        _lib.BIO_free(fresh)
+        return False
+    _lib.SSL_set_bio(connection._ssl, fresh, freshOut)  # frees ``into`` and ``out``
+    connection._into_ssl, connection._from_ssl = fresh, freshOut
+    return True

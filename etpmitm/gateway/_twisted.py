@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar, cast
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet import epollreactor
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol, ITCPTransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.tcp import Connection
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -29,7 +29,7 @@ from twisted.python import log as legacyLog
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from etpmitm.gateway._openssl import decryptAvailable, encrypt, feed, takeOutgoing
+from etpmitm.gateway._openssl import SHED_AFTER, decryptAvailable, encrypt, feed, shed, takeOutgoing
 
 INTERNALS: dict[type, tuple[str, ...]] = {
     TLSMemoryBIOProtocol: (
@@ -188,6 +188,7 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
     closeNotifyReceived = False
     _readClosed = False
     _writeClosed = False
+    _inputShut = False
 
     def makeConnection(self, transport: object) -> None:
         """Twisted's set-up without copying the transport's interfaces onto
@@ -212,15 +213,30 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
         try:
             if not self._handshakeDone:
                 super().dataReceived(data)
+                if self._handshakeDone:
+                    self._shed()  # the handshake's flights
             else:
                 feed(self._tlsConnection, data)
                 if self._appSendBuffer:
                     self._unbufferPendingWrites()
                 self._flushReceiveBIO()
+                if len(data) >= SHED_AFTER:
+                    self._shed()
         finally:
             _depth -= 1
             if not _depth and _held:
                 _flushHeld()
+
+    def _shed(self) -> None:
+        """Give back the memory BIOs' grown buffers (:func:`~etpmitm.gateway._openssl.shed`)."""
+        if self._tlsConnection is not None and not (self._lostTLSConnection or self._inputShut):
+            shed(self._tlsConnection)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Twisted ends the read BIO (bio_shutdown) and then reads what is
+        # left, which can write: a fresh BIO would lose that end.
+        self._inputShut = True
+        super().connectionLost(reason)
 
     def _flushReceiveBIO(self) -> None:
         # Deliver everything one TCP read decrypted to in one call: a relay
@@ -266,6 +282,8 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
             self._tlsShutdownFinished(Failure())
             return
         self._flushSendBIO()
+        if len(data) >= SHED_AFTER:
+            self._shed()
 
     def _flushSendBIO(self) -> None:
         # Read the memory BIO's exact size: one read, and no raised
