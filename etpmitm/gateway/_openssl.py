@@ -133,8 +133,108 @@ def decryptAvailable(connection: SSL.Connection) -> tuple[bytes, BaseException |
     return (parts[0] if len(parts) == 1 else b"".join(parts)), ended
 
 
-SHED_AFTER = 2**16
-"""Bytes through one memory BIO in one go after which the relay sheds both (:func:`shed`)."""
+PIECE = 2**15
+"""The most ciphertext :func:`decryptFed` puts in the read BIO, and plaintext
+:func:`encryptAll` encrypts into the write BIO, before emptying it."""
+
+
+def decryptFed(connection: SSL.Connection, data: bytes) -> tuple[bytes, BaseException | None]:
+    """:func:`feed` ``data``, then :func:`decryptAvailable`, the same result,
+    but the read BIO is given at most :data:`PIECE` bytes at a time, and
+    each piece is decrypted before the next goes in.
+
+    A memory BIO keeps the largest size it ever held: fed whole, a 256 KiB
+    socket read left a 341 KiB buffer on every connection that once had
+    one.  What follows an end (close_notify) or an error is not fed.
+    """
+    ssl, bio = connection._ssl, connection._into_ssl
+    source = memoryview(data)
+    size, fed = len(data), 0
+    parts: list[bytes] = []
+    got = 0
+    ended: BaseException | None = None
+    while True:
+        if fed < size and not _lib.BIO_get_mem_data(bio, _ffi.NULL):
+            piece = source[fed : fed + PIECE]
+            written = _lib.BIO_write(bio, _ffi.from_buffer(piece), len(piece))
+            if written <= 0:
+                connection._handle_bio_errors(bio, written)
+            fed += len(piece)
+        if got + RECORD > _SIZE:
+            parts.append(bytes(_view[:got]))
+            got = 0
+        n = _lib.SSL_read(ssl, _pointer + got, RECORD)
+        if n <= 0:
+            try:
+                connection._raise_ssl_error(ssl, n)
+            except WantReadError:
+                if fed < size:
+                    if not _lib.BIO_get_mem_data(bio, _ffi.NULL):
+                        continue  # the piece ended inside a record: the next completes it
+                    feed(connection, data[fed:])  # not expected (AUTO_RETRY): keep every byte
+            except SSL.Error as e:
+                ended = e.with_traceback(None)  # as in decryptAvailable
+            break
+        got += n
+        if fed >= size and not _lib.BIO_get_mem_data(bio, _ffi.NULL):
+            break
+    if got:
+        parts.append(bytes(_view[:got]))
+    return (parts[0] if len(parts) == 1 else b"".join(parts)), ended
+
+
+def encryptAll(connection: SSL.Connection, data: bytes) -> tuple[bytes, int, BaseException | None]:
+    """Encrypt all of ``data`` (:func:`encrypt`, record by record)
+    and take the records out of the write BIO every :data:`PIECE` bytes, so
+    that it never grows past about that.
+
+    Returns the records, how much of ``data`` they carry, and what stopped
+    the encryption early (pyOpenSSL's ``WantReadError`` or another
+    ``SSL.Error``), if anything did.
+    """
+    ssl, bio = connection._ssl, connection._from_ssl
+    source = memoryview(data)
+    size, sent, inBIO = len(data), 0, 0
+    parts: list[bytes] = []
+    got = 0
+    stopped: BaseException | None = None
+    while sent < size:
+        rest = data if not sent and isinstance(data, bytes) else _ffi.from_buffer(source[sent:])
+        taken = int(_lib.SSL_write(ssl, rest, size - sent))
+        if taken <= 0:
+            try:
+                connection._raise_ssl_error(ssl, taken)
+            except SSL.Error as e:
+                stopped = e.with_traceback(None)
+            break
+        sent += taken
+        inBIO += taken
+        if inBIO >= PIECE:
+            got = _drain(bio, parts, got)
+            inBIO = 0
+    got = _drain(bio, parts, got)
+    if got:
+        parts.append(bytes(_view[:got]))
+    return (parts[0] if len(parts) == 1 else b"".join(parts)), sent, stopped
+
+
+def _drain(bio: Any, parts: list[bytes], got: int) -> int:
+    """Move the write BIO's records into the shared buffer after ``got`` bytes
+    (first into ``parts`` what would not fit); returns the new fill."""
+    waiting = int(_lib.BIO_get_mem_data(bio, _ffi.NULL))
+    if not waiting:
+        return got
+    if got + waiting > _SIZE:
+        if got:
+            parts.append(bytes(_view[:got]))
+            got = 0
+        if waiting > _SIZE:
+            chunk = _ffi.new("char[]", waiting)
+            _lib.BIO_read(bio, chunk, waiting)
+            parts.append(_ffi.buffer(chunk, waiting)[:])
+            return 0
+    _lib.BIO_read(bio, _pointer + got, waiting)
+    return got + waiting
 
 
 def shed(connection: SSL.Connection) -> bool:

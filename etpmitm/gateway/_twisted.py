@@ -29,7 +29,7 @@ from twisted.python import log as legacyLog
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from etpmitm.gateway._openssl import SHED_AFTER, decryptAvailable, encrypt, feed, shed, takeOutgoing
+from etpmitm.gateway._openssl import decryptAvailable, decryptFed, encryptAll, feed, shed, takeOutgoing
 
 INTERNALS: dict[type, tuple[str, ...]] = {
     TLSMemoryBIOProtocol: (
@@ -215,13 +215,17 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
                 super().dataReceived(data)
                 if self._handshakeDone:
                     self._shed()  # the handshake's flights
-            else:
+            elif self._appSendBuffer or self._lostTLSConnection or self._readClosed:
                 feed(self._tlsConnection, data)
                 if self._appSendBuffer:
                     self._unbufferPendingWrites()
                 self._flushReceiveBIO()
-                if len(data) >= SHED_AFTER:
-                    self._shed()
+            else:
+                try:
+                    decrypted, stop = decryptFed(self._tlsConnection, data)
+                except Error as e:  # raised by a pyOpenSSL callback's helper
+                    decrypted, stop = b"", e
+                self._deliver(decrypted, stop)
         finally:
             _depth -= 1
             if not _depth and _held:
@@ -249,6 +253,10 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
                 data, stop = decryptAvailable(self._tlsConnection)
             except Error as e:  # raised by a pyOpenSSL callback's helper
                 data, stop = b"", e
+        self._deliver(data, stop)
+
+    def _deliver(self, data: bytes, stop: BaseException | None) -> None:
+        """Pass on what a read decrypted, then what ended it, then send what that caused."""
         if data and not self._aborted:
             ProtocolWrapper.dataReceived(self, data)
         if isinstance(stop, ZeroReturnError):
@@ -263,27 +271,20 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
             self._flushSendBIO()
 
     def _write(self, data: bytes) -> None:
-        """Encrypt all of ``data``, then hand the records to TCP in one write.
-
-        pyOpenSSL's partial-write mode has each ``send`` encrypt one record:
-        the rest is passed as a view, not copied."""
+        """Encrypt all of ``data``, then hand the records to TCP in one write
+        (:func:`~etpmitm.gateway._openssl.encryptAll`: one record per call, the
+        rest passed as a view, the write BIO emptied as it goes)."""
         if self._lostTLSConnection:
             return
-        connection = self._tlsConnection
-        sent = 0
-        rest: bytes | memoryview = data
-        try:
-            while sent < len(data):
-                sent += encrypt(connection, rest)
-                rest = memoryview(data)[sent:]
-        except WantReadError:
-            self._bufferedWrite(bytes(rest))
-        except Error:
-            self._tlsShutdownFinished(Failure())
+        records, sent, stopped = encryptAll(self._tlsConnection, data)
+        if records:
+            writeNow(self.transport, records)
+        if isinstance(stopped, WantReadError):
+            self._bufferedWrite(data[sent:])
+        elif stopped is not None:
+            self._tlsShutdownFinished(Failure(stopped))
             return
         self._flushSendBIO()
-        if len(data) >= SHED_AFTER:
-            self._shed()
 
     def _flushSendBIO(self) -> None:
         # Read the memory BIO's exact size: one read, and no raised
