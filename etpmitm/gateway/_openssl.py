@@ -36,7 +36,7 @@ _ffi: Any = getattr(SSL, "_ffi")
 INTERNALS: dict[str, tuple[str, ...]] = {
     "OpenSSL.SSL": ("_lib", "_ffi"),
     "OpenSSL.SSL._lib": (
-        "SSL_read", "SSL_write", "SSL_pending", "SSL_set_bio",
+        "SSL_read", "SSL_write", "SSL_pending", "SSL_set_bio", "SSL_get_error", "SSL_ERROR_WANT_READ",
         "BIO_read", "BIO_write", "BIO_get_mem_data", "BIO_new", "BIO_s_mem", "BIO_free",
     ),
     "OpenSSL.SSL.Connection": ("_ssl", "_into_ssl", "_from_ssl", "_raise_ssl_error", "_handle_bio_errors"),
@@ -134,14 +134,14 @@ def decryptAvailable(connection: SSL.Connection) -> tuple[bytes, BaseException |
 
 
 PIECE = 2**15
-"""The most ciphertext :func:`decryptFed` puts in the read BIO, and plaintext
-:func:`encryptAll` encrypts into the write BIO, before emptying it."""
+"""The most ciphertext :func:`decryptFed` puts in the read BIO at once, and
+plaintext :func:`encryptAll` encrypts into the write BIO before emptying it."""
 
 
 def decryptFed(connection: SSL.Connection, data: bytes) -> tuple[bytes, BaseException | None]:
     """:func:`feed` ``data``, then :func:`decryptAvailable`, the same result,
-    but the read BIO is given at most :data:`PIECE` bytes at a time, and
-    each piece is decrypted before the next goes in.
+    but the read BIO is given at most :data:`PIECE` bytes at a time, the
+    next piece once it is empty.
 
     A memory BIO keeps the largest size it ever held: fed whole, a 256 KiB
     socket read left a 341 KiB buffer on every connection that once had
@@ -155,6 +155,8 @@ def decryptFed(connection: SSL.Connection, data: bytes) -> tuple[bytes, BaseExce
     ended: BaseException | None = None
     while True:
         if fed < size and not _lib.BIO_get_mem_data(bio, _ffi.NULL):
+            # Only once it is empty: a BIO written while it holds unread
+            # bytes first moves them to its start.
             piece = source[fed : fed + PIECE]
             written = _lib.BIO_write(bio, _ffi.from_buffer(piece), len(piece))
             if written <= 0:
@@ -165,6 +167,11 @@ def decryptFed(connection: SSL.Connection, data: bytes) -> tuple[bytes, BaseExce
             got = 0
         n = _lib.SSL_read(ssl, _pointer + got, RECORD)
         if n <= 0:
+            if fed < size and _lib.SSL_get_error(ssl, n) == _lib.SSL_ERROR_WANT_READ:
+                # A record cut at the piece's end: feed the next, without
+                # pyOpenSSL's raised WantReadError (its callback checks
+                # matter in a handshake only).
+                continue
             try:
                 connection._raise_ssl_error(ssl, n)
             except WantReadError:
