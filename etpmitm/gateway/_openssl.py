@@ -10,9 +10,14 @@ asks how many bytes wait before it reads (:func:`incoming`,
 :func:`outgoing`), decrypts everything one socket read brought into one
 reused buffer, copied out once (:func:`decryptAvailable`), and hands bytes to
 OpenSSL directly (:func:`feed`, :func:`encrypt`), falling back to pyOpenSSL's
-error handling only when a call fails.  :func:`shed` gives an idle
-connection's memory BIOs back (a memory BIO keeps the largest size it ever
-held: the handshake's flights, or a 256 KiB read).
+error handling only when a call fails.
+
+A memory BIO keeps the largest size it ever held.  So the relay feeds a
+socket read in pieces, each decrypted before the next goes in
+(:func:`decryptFed`), and takes records out as it encrypts
+(:func:`encryptAll`): a 256 KiB read no longer leaves each BIO at 341 KiB for
+the connection's life.  :func:`shed` swaps the BIOs for fresh ones after the
+handshake (its flights, a few KiB a connection).
 
 These use cryptography's cffi bindings as pyOpenSSL ships them
 (``OpenSSL.SSL._lib``, ``_ffi``) and three private attributes of
