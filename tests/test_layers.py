@@ -300,3 +300,57 @@ class UnpacedDrainTests(PipeCase):
         self.start()
         self.transport(self.device).producer.pauseProducing()
         self.assertFalse(self.pipe.whenDrained("device", lambda: None))
+
+
+class DirectOpaqueRelayTests(PipeCase):
+    """With :class:`OpaqueRelay` itself, each side's bytes go to the other
+    directly; the counts, timing and half-close stay as the layer's path has them."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.layer = OpaqueRelay()  # type: ignore[assignment]
+        self.pipe = Pipe(self.owner, self.device, self.origin, self.layer, self.clock)
+        self.routed: list[bytes] = []
+        original = self.owner.sideData
+
+        def sideData(side: Side, data: bytes) -> None:
+            self.routed.append(data)
+            original(side, data)
+
+        self.owner.sideData = sideData  # type: ignore[method-assign]
+
+    def test_bytesGoStraightAcross(self) -> None:
+        self.device.dataReceived(b"early ")  # before the pipe: held, as before
+        self.start()
+        self.assertIsNotNone(self.device.relay)
+        self.assertIsNotNone(self.origin.relay)
+        self.clock.advance(3)
+        self.device.dataReceived(b"request")
+        self.origin.dataReceived(b"response")
+        self.origin.dataReceived(b" more")
+        self.assertEqual(self.transport(self.origin).value(), b"early request")
+        self.assertEqual(self.transport(self.device).value(), b"response more")
+        self.assertEqual(self.routed, [b"early "])  # only what came before the pipe
+        self.assertEqual((self.device.received, self.origin.received), (13, 13))
+        self.assertEqual(self.pipe.sentToDevice, 13)
+        self.assertEqual(self.pipe.lastActivity, 3)
+
+    def test_nothingToAClosedSide(self) -> None:
+        self.start()
+        self.origin.connected = False
+        self.device.dataReceived(b"lost")
+        self.assertEqual(self.transport(self.origin).value(), b"")
+
+    def test_halfCloseStillPassedOn(self) -> None:
+        self.start()
+        self.device.readConnectionLost()
+        self.assertEqual(self.transport(self.origin).writeClosed, 1)
+
+    def test_notForOtherLayers(self) -> None:
+        """A subclass or a paced layer sees every chunk."""
+        for layer in (RecordingRelay(), HoldingRelay()):
+            device, origin = Side("device", self.owner), Side("origin", self.owner)
+            device.makeConnection(HalfCloseTransport())
+            origin.makeConnection(HalfCloseTransport())
+            Pipe(self.owner, device, origin, layer, self.clock).start()
+            self.assertEqual((device.relay, origin.relay), (None, None), layer)

@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar, cast
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet import epollreactor
 from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol, ITCPTransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.tcp import Connection
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -29,7 +29,7 @@ from twisted.python import log as legacyLog
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from etpmitm.gateway._openssl import decryptAvailable, encrypt, feed, takeOutgoing
+from etpmitm.gateway._openssl import decryptAvailable, decryptFed, encryptAll, feed, shed, takeOutgoing
 
 INTERNALS: dict[type, tuple[str, ...]] = {
     TLSMemoryBIOProtocol: (
@@ -188,6 +188,7 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
     closeNotifyReceived = False
     _readClosed = False
     _writeClosed = False
+    _inputShut = False
 
     def makeConnection(self, transport: object) -> None:
         """Twisted's set-up without copying the transport's interfaces onto
@@ -212,15 +213,34 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
         try:
             if not self._handshakeDone:
                 super().dataReceived(data)
-            else:
+                if self._handshakeDone:
+                    self._shed()  # the handshake's flights
+            elif self._appSendBuffer or self._lostTLSConnection or self._readClosed:
                 feed(self._tlsConnection, data)
                 if self._appSendBuffer:
                     self._unbufferPendingWrites()
                 self._flushReceiveBIO()
+            else:
+                try:
+                    decrypted, stop = decryptFed(self._tlsConnection, data)
+                except Error as e:  # raised by a pyOpenSSL callback's helper
+                    decrypted, stop = b"", e
+                self._deliver(decrypted, stop)
         finally:
             _depth -= 1
             if not _depth and _held:
                 _flushHeld()
+
+    def _shed(self) -> None:
+        """Give back the memory BIOs' grown buffers (:func:`~etpmitm.gateway._openssl.shed`)."""
+        if self._tlsConnection is not None and not (self._lostTLSConnection or self._inputShut):
+            shed(self._tlsConnection)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Twisted ends the read BIO (bio_shutdown) and then reads what is
+        # left, which can write: a fresh BIO would lose that end.
+        self._inputShut = True
+        super().connectionLost(reason)
 
     def _flushReceiveBIO(self) -> None:
         # Deliver everything one TCP read decrypted to in one call: a relay
@@ -233,6 +253,10 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
                 data, stop = decryptAvailable(self._tlsConnection)
             except Error as e:  # raised by a pyOpenSSL callback's helper
                 data, stop = b"", e
+        self._deliver(data, stop)
+
+    def _deliver(self, data: bytes, stop: BaseException | None) -> None:
+        """Pass on what a read decrypted, then what ended it, then send what that caused."""
         if data and not self._aborted:
             ProtocolWrapper.dataReceived(self, data)
         if isinstance(stop, ZeroReturnError):
@@ -247,23 +271,18 @@ class HalfCloseableTLS(TLSMemoryBIOProtocol):
             self._flushSendBIO()
 
     def _write(self, data: bytes) -> None:
-        """Encrypt all of ``data``, then hand the records to TCP in one write.
-
-        pyOpenSSL's partial-write mode has each ``send`` encrypt one record:
-        the rest is passed as a view, not copied."""
+        """Encrypt all of ``data``, then hand the records to TCP in one write
+        (:func:`~etpmitm.gateway._openssl.encryptAll`: one record per call, the
+        rest passed as a view, the write BIO emptied as it goes)."""
         if self._lostTLSConnection:
             return
-        connection = self._tlsConnection
-        sent = 0
-        rest: bytes | memoryview = data
-        try:
-            while sent < len(data):
-                sent += encrypt(connection, rest)
-                rest = memoryview(data)[sent:]
-        except WantReadError:
-            self._bufferedWrite(bytes(rest))
-        except Error:
-            self._tlsShutdownFinished(Failure())
+        records, sent, stopped = encryptAll(self._tlsConnection, data)
+        if records:
+            writeNow(self.transport, records)
+        if isinstance(stopped, WantReadError):
+            self._bufferedWrite(data[sent:])
+        elif stopped is not None:
+            self._tlsShutdownFinished(Failure(stopped))
             return
         self._flushSendBIO()
 

@@ -54,6 +54,8 @@ class Side(Protocol):
         self.received = 0
         self.readEnded = False
         self.writeEnded = False
+        self.relay: Callable[[bytes], None] | None = None
+        """Where the pipe of an :class:`OpaqueRelay` has this side's bytes go directly."""
 
     @property
     def clean(self) -> bool:
@@ -65,7 +67,10 @@ class Side(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         self.received += len(data)
-        self.events.sideData(self, data)
+        if self.relay is not None:
+            self.relay(data)
+        else:
+            self.events.sideData(self, data)
 
     def readConnectionLost(self) -> None:
         self.readEnded = True
@@ -123,6 +128,9 @@ class Pipe:
         for side in (device, origin):
             quietEvents(side.transport)  # both handshakes are done: events need no logging context
         self.layer.start(self)
+        if type(self.layer) is OpaqueRelay and not self._drains:
+            # It passes every byte on as it comes: skip the layer's calls.
+            device.relay, origin.relay = self._deviceToOrigin, self._originToDevice
         for side in (device, origin):
             pending, side.pending = side.pending, []
             for data in pending:
@@ -140,6 +148,21 @@ class Pipe:
             self.layer.deviceData(data)
         else:
             self.layer.originData(data)
+
+    def _deviceToOrigin(self, data: bytes) -> None:
+        """``received`` from the device, with :class:`OpaqueRelay`'s ``deviceData`` and ``toOrigin`` inlined."""
+        self.lastActivity = self._clock.seconds()
+        origin = self.origin
+        if origin.connected:
+            writeNow(origin.transport, data)
+
+    def _originToDevice(self, data: bytes) -> None:
+        """``received`` from the origin, with ``originData`` and ``toDevice`` inlined."""
+        self.lastActivity = self._clock.seconds()
+        device = self.device
+        if device.connected:
+            self.sentToDevice += len(data)
+            writeNow(device.transport, data)
 
     def ended(self, side: Side) -> None:
         if side is self.device:
