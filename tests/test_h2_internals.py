@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import sys
 
 import h2.config
@@ -9,8 +11,12 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+import hpack
+import hpack.hpack
+import hyperframe.frame
 from twisted.trial.unittest import SynchronousTestCase
 
+from etpmitm.gateway import _h2
 from etpmitm.gateway._h2 import GracefulH2Connection, compact_settings, goaway_frame
 
 
@@ -90,3 +96,60 @@ class CompactSettingsTests(SynchronousTestCase):
         after = sum(sys.getsizeof(v) for v in settings._settings.values())
         self.assertLess(after * 4, before)
         self.assertEqual(settings.initial_window_size, 65535)
+
+
+class FrameLogTests(SynchronousTestCase):
+    """h2 no longer builds each received frame's repr for its trace line (``_h2._as_is``)."""
+
+    def test_reprOnlyInTheFrameLogLine(self) -> None:
+        """``repr`` is shadowed in ``h2.connection``: its one use must be that log line."""
+        source = inspect.getsource(h2.connection)
+        self.assertEqual(source.count("repr("), 1)
+        self.assertIn('trace("Received frame: %s", repr(frame))', inspect.getsource(h2.connection.H2Connection._receive_frame))
+        self.assertIs(vars(h2.connection)["repr"], _h2._as_is)
+
+    def test_aLoggerThatWritesGetsTheSameLine(self) -> None:
+        lines: list[str] = []
+
+        class Writing:
+            def debug(self, msg: str, *args: object) -> None:
+                pass
+
+            def trace(self, msg: str, *args: object) -> None:
+                lines.append(msg % args)
+
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, logger=Writing()))
+        client.initiate_connection()
+        frame = hyperframe.frame.PingFrame(0)
+        frame.opaque_data = b"12345678"
+        client.receive_data(frame.serialize())
+        self.assertIn(f"Received frame: {frame!r}", lines)
+        self.assertIn("PingFrame(stream_id=0", repr(frame))
+
+
+class HpackDebugLinesTests(SynchronousTestCase):
+    """hpack's debug lines are dropped (``_h2._NoDebugLines``); its logger is otherwise the same."""
+
+    def test_hpackLogsThroughItsModuleLogger(self) -> None:
+        """The shape relied on: hpack.hpack logs only debug lines, through its module global ``log``."""
+        source = inspect.getsource(hpack.hpack)
+        self.assertIn("log = logging.getLogger(__name__)", source)
+        self.assertGreater(source.count("log.debug("), 5)
+        self.assertEqual(source.count("log."), source.count("log.debug("))
+        self.assertIsInstance(hpack.hpack.log, _h2._NoDebugLines)
+        self.assertEqual(hpack.hpack.log.name, "hpack.hpack")
+
+    def test_noDebugLineReachesTheLogger(self) -> None:
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler(logging.DEBUG)
+        handler.emit = records.append  # type: ignore[method-assign]
+        real = logging.getLogger("hpack.hpack")
+        level = real.level
+        real.addHandler(handler)
+        real.setLevel(logging.DEBUG)
+        self.addCleanup(real.removeHandler, handler)
+        self.addCleanup(real.setLevel, level)
+        block = hpack.Encoder().encode([(b":path", b"/x"), (b"x-a", b"b")])
+        self.assertEqual(hpack.Decoder().decode(block, raw=True), [(b":path", b"/x"), (b"x-a", b"b")])
+        real.debug("written: %s", "by the real logger")
+        self.assertEqual([r.getMessage() for r in records], ["written: by the real logger"])

@@ -148,6 +148,29 @@ class StreamTests(H2TestCase):
         self.assertEqual(device.streams[sid].informational, [[(b":status", b"103"), (b"link", b"</s.css>; rel=preload")]])
 
 
+    def test_endStreamRidesOnTheLastDataFrameBothWays(self) -> None:
+        """A body whose last DATA frame carries END_STREAM is passed on the same way: one DATA
+        frame each way, not the data and then an empty DATA frame to end the stream."""
+        device, origin = self.open()
+
+        def onRequest(sid: int, log: Any) -> None:
+            origin.conn.send_headers(sid, [(":status", "200")])
+            origin.conn.send_data(sid, b"the response", end_stream=True)
+            origin.flush()
+        origin.onRequest = onRequest
+        sid = device.request("/up", method="POST", end=False)
+        device.conn.send_data(sid, b"the upload", end_stream=True)
+        device.flush()
+        self.net.flush()
+        [upload] = origin.eventsOf(h2.events.DataReceived)
+        self.assertEqual((upload.data, upload.stream_ended is not None), (b"the upload", True))
+        [response] = device.eventsOf(h2.events.DataReceived)
+        self.assertEqual((response.data, response.stream_ended is not None), (b"the response", True))
+        self.assertEqual((device.streams[sid].body, device.streams[sid].ended), (b"the response", True))
+        [record] = self.requests()
+        self.assertEqual((record["bytes_up"], record["bytes_down"], record["status"]), (10, 12, 200))
+
+
 class FlowControlTests(H2TestCase):
     def test_stalledDeviceStreamHoldsAtMostItsWindow(self) -> None:
         """A device that stops reading one stream: the gateway holds at most that stream's window,
@@ -487,6 +510,29 @@ class EndingTests(H2TestCase):
         [goaway] = device.eventsOf(h2.events.ConnectionTerminated)
         self.assertEqual(goaway.error_code, E.PROTOCOL_ERROR)
         self.assertDone("intercept", "error", "device broke HTTP/2")
+
+    def test_malformedRequestHeadersAreRefused(self) -> None:
+        """The gateway sends header blocks on without checking them again (``_config``), so what
+        comes in is checked: here a connection-specific field from the device."""
+        device, origin = self.open()
+        device.conn.config.validate_outbound_headers = device.conn.config.normalize_outbound_headers = False
+        device.request("/smuggled", extra=[("connection", "keep-alive")])
+        self.net.flush()
+        self.assertEqual(origin.streams, {}, "the origin saw a malformed request")
+        [goaway] = device.eventsOf(h2.events.ConnectionTerminated)
+        self.assertEqual(goaway.error_code, E.PROTOCOL_ERROR)
+        self.assertDone("intercept", "error", "device broke HTTP/2")
+
+    def test_malformedResponseHeadersAreRefused(self) -> None:
+        """An upper-case field name from the origin never reaches the device."""
+        device, origin = self.open()
+        origin.conn.config.validate_outbound_headers = origin.conn.config.normalize_outbound_headers = False
+        origin.onRequest = lambda sid, log: origin.respond(sid, body=b"body", extra=[("X-Upper", "1")])
+        sid = device.request("/a")
+        self.net.flush()
+        self.assertIsNone(device.streams[sid].headers, "the device got a malformed response")
+        self.assertEqual(device.streams[sid].reset, E.INTERNAL_ERROR)
+        self.assertDone("intercept", "error", "origin broke HTTP/2")
 
     def test_idleConnectionTimesOut(self) -> None:
         device, origin = self.open()

@@ -262,7 +262,10 @@ class HTTP2Layer:
         if padding:
             self._device.acknowledge_received_data(padding, sid)
         exchange.record.bytes_up += len(data)
-        exchange.up.append(data)
+        up = exchange.up
+        up.append(data)
+        if event.stream_ended is not None:  # END_STREAM on this frame: it goes on the last DATA sent
+            up.ended = True
         self._flushUp(exchange)
 
     def _requestTrailers(self, event: h2.events.TrailersReceived) -> None:
@@ -334,7 +337,10 @@ class HTTP2Layer:
         if padding:
             self._origin.acknowledge_received_data(padding, sid)
         exchange.record.bytes_down += len(data)
-        exchange.down.append(data)
+        down = exchange.down
+        down.append(data)
+        if event.stream_ended is not None:  # END_STREAM on this frame: it goes on the last DATA sent
+            down.ended = True
         self._flushDown(exchange)
 
     def _responseTrailers(self, event: h2.events.TrailersReceived) -> None:
@@ -424,9 +430,11 @@ class HTTP2Layer:
     def _openWaiting(self) -> None:
         """Give waiting requests origin streams, as many as the origin allows."""
         origin, waiting = self._origin, self._waiting
-        while waiting and self._originLast is None and not self._originGone:
-            if origin.open_outbound_streams >= origin.remote_settings.max_concurrent_streams:
-                return
+        if not waiting or self._originLast is not None or self._originGone:
+            return
+        free = origin.remote_settings.max_concurrent_streams - origin.open_outbound_streams  # (h2 counts them all)
+        while waiting and free > 0:
+            free -= 1
             exchange = waiting.popleft()
             headers = exchange.request
             assert headers is not None
