@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorProcess, IReactorSocket, IReacto
 from twisted.logger import Logger
 from twisted.python import usage
 
-from etpmitm import audit
+from etpmitm import audit, logtime
 from etpmitm.memory import TRIM_SETTLE, Trimmer, mallocTrim, tuneMalloc
 from etpmitm.admission import DEFAULT_MAX_CONNECTIONS, DEFAULT_PER_CLIENT, DEFAULT_PER_CLIENT_RATE, Admission
 from etpmitm.auditlog import AuditLogError, AuditLogService
@@ -300,6 +300,7 @@ def _trustBundle(option: str) -> Path:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    logtime.install()
     passphrase = _passphrase(options)
     directory, ca = _certificateAuthority(options, passphrase)
     kind = cast(LeafKeyKind, options["leaf-key"])
