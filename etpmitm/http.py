@@ -63,6 +63,11 @@ class RequestVerdict:
     """The threat list that matched, if any (:mod:`etpmitm.threat.judge`)."""
 
 
+def literal(text: str) -> str:
+    """``text`` as a log format that formats to itself."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 ALLOW = RequestVerdict("allow", "no request rule matched")
 
 Judge = Callable[[RequestHead], RequestVerdict]
@@ -129,8 +134,12 @@ class RequestRecord:
             return
         self._emitted = True
         self.duration = max(0.0, now - self.started)
-        log.info(
-            "request {connection}/{stream} {method} {url} -> {status} action={action} reason={reason!r}",
-            method=self.head.method, url=self.head.url, **self.fields(),
+        head = self.head
+        # Rendered here, once: Twisted's format machinery costs about 20 us an
+        # event, on every request; the fields ride along for JSON observers.
+        text = (
+            f"request {self.connection}/{self.stream} {head.method} {head.url} -> {self.status} "
+            f"action={self.action} reason={self.reason!r}"
         )
+        log.info(literal(text), method=head.method, url=head.url, **self.fields())
         metrics.current.requestEnded(self)

@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent
 
+from etpmitm.audit import ConnectionRecord
 from etpmitm.gateway.connection import State
+from etpmitm.gateway.http1 import HTTP1Layer
 from etpmitm.policy import parse_policy
 from etpmitm.gateway.inspect import inspectingLayer, looks_like_http1
 from etpmitm.http import ALLOW, RequestHead, RequestVerdict
 from tests.corelab import CoreTestCase, Peer
+from twisted.trial.unittest import SynchronousTestCase
+
 from tests.test_http1 import GET, OK, SMUGGLING
 
 
@@ -77,6 +83,20 @@ class HTTP1LayerTests(CoreTestCase):
         self.assertEqual((first["action"], first["status"], first["response_content_type"]), ("allow", 200, "text/plain"))
         self.assertEqual((first["bytes_up"], first["bytes_down"]), (len(GET), len(OK)))
         self.assertEqual((first["headers_after"], first["duration"]), (0.25, 0.25))
+        self.assertEqual(formatEvent(second),
+                         f"request {event['id']}/2 GET example.com/a -> 200 action=allow reason='no request rule matched'")
+
+    def test_theAuditLineIsTheRequestAsItCame(self) -> None:
+        """Braces in what the device sent are text in the line, not a format."""
+        device, origin = self.relaying()
+        self.send(device, GET.replace(b"/a", b"/{x}}{"))
+        self.send(origin, OK)
+        self.endBoth(device, origin)
+        event = self.assertDone("intercept", "ok")
+        [request] = self.requests()
+        self.assertEqual(request["head"]["path"], "/{x}}{")
+        self.assertEqual(formatEvent(request),
+                         f"request {event['id']}/1 GET example.com/{{x}}}}{{ -> 200 action=allow reason='no request rule matched'")
 
     def test_pipelining(self) -> None:
         device, origin = self.relaying()
@@ -358,3 +378,35 @@ class ConnectionBytesTests(CoreTestCase):
         self.net.flush()
         event = self.assertDone("intercept", "ok")
         self.assertEqual((event["bytes_up"], event["bytes_down"]), (len(request), page))
+
+
+class WritesTests(SynchronousTestCase):
+    """What the layer asks of its link, write by write."""
+
+    def setUp(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.layer = HTTP1Layer(ConnectionRecord("10.0.0.1:1", "10.0.0.2:443", 0.0), Clock())
+        self.layer.start(self)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("toOrigin", "toDevice", "endToOrigin", "endToDevice", "pauseReading", "resumeReading",
+                    "fail", "note", "close", "abort"):
+            return lambda *args: self.calls.append((name, args[0] if args else None))
+        raise AttributeError(name)
+
+    def test_aHeadAndItsBodyGoInOneWrite(self) -> None:
+        self.layer.deviceData(GET)
+        self.layer.originData(OK)
+        self.assertEqual(self.calls, [("toOrigin", GET), ("toDevice", OK)])
+
+    def test_bytesBeforeAnEndAreWrittenBeforeIt(self) -> None:
+        """A response delimited by the close: its bytes, then the end, in that order."""
+        self.layer.deviceData(GET)
+        self.calls.clear()
+        self.layer.originData(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody")
+        self.layer.originEnded(True)
+        self.assertEqual(self.calls, [
+            ("toDevice", b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody"),
+            ("endToOrigin", True),
+            ("endToDevice", True),
+        ])

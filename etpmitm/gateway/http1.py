@@ -97,12 +97,20 @@ class HTTP1Layer:
 
     def _apply(self, actions: list[Action]) -> None:
         link = self._link
+        # The device's bytes of this batch go in one write: a response's head
+        # and the body that came with it become one TLS record, not two.
+        toDevice = b""
         for action in actions:
             if isinstance(action, ToOrigin):
                 link.toOrigin(action.data)
-            elif isinstance(action, ToDevice):
-                link.toDevice(action.data)
-            elif isinstance(action, Began):
+                continue
+            if isinstance(action, ToDevice):
+                toDevice += action.data
+                continue
+            if toDevice and not isinstance(action, (Began, Responded, Finished)):
+                link.toDevice(toDevice)
+                toDevice = b""
+            if isinstance(action, Began):
                 self._began(action.exchange)
             elif isinstance(action, Responded):
                 record = self._records.get(action.exchange.number)
@@ -120,6 +128,8 @@ class HTTP1Layer:
                 if action.error:
                     link.fail(action.reason)
                 link.close(action.reason)
+        if toDevice:
+            link.toDevice(toDevice)
         self._flowControl()
 
     def _began(self, exchange: Exchange) -> None:
