@@ -702,6 +702,7 @@ class DeployFilesTests(LabCase):
             self.skipTest("systemd-analyze is not installed")
         unit = (DEPLOY / "etpmitm.service").read_text()
         self.assertIn("ExecStart=/opt/etpmitm/bin/twistd ", unit)
+        self.assertIn("\nLogRateLimitIntervalSec=0\n", unit)  # audit lines are not rate-limited away
         # The venv is not installed here: point ExecStart at a binary that exists.
         path = self.lab.workdir / "etpmitm.service"
         path.write_text(unit.replace("/opt/etpmitm/bin/twistd", "/bin/true"))
