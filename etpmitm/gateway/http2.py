@@ -351,6 +351,7 @@ class HTTP2Layer:
     def _flood(self, reason: str | None) -> None:
         """End the connection if the guard says the device floods it (see :mod:`etpmitm.h2abuse`)."""
         if reason is not None:
+            self._device.clear_outbound_data_buffer()  # h2's answers to the flood (ACKs) are not sent
             self._abandon(reason, E.ENHANCE_YOUR_CALM, failed=True, resetDevice=False)
             raise _Calm(reason)
 
