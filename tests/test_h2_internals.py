@@ -153,3 +153,43 @@ class HpackDebugLinesTests(SynchronousTestCase):
         self.assertEqual(hpack.Decoder().decode(block, raw=True), [(b":path", b"/x"), (b"x-a", b"b")])
         real.debug("written: %s", "by the real logger")
         self.assertEqual([r.getMessage() for r in records], ["written: by the real logger"])
+
+
+class CappedHeaderBlockTests(SynchronousTestCase):
+    """h2 still gathers a header block in ``FrameBuffer._headers_buffer`` through ``_update_header_buffer``."""
+
+    def server(self) -> GracefulH2Connection:
+        server = GracefulH2Connection(h2.config.H2Configuration(client_side=False))
+        server.capHeaderBlocks(frames=3, size=100)
+        server.initiate_connection()
+        server.receive_data(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + hyperframe.frame.SettingsFrame(0).serialize())
+        server.data_to_send()
+        return server
+
+    def block(self, *continuations: bytes, end: bool = False) -> bytes:
+        fields = hpack.Encoder().encode([(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"/")])
+        frames = [hyperframe.frame.HeadersFrame(1, fields, flags=["END_STREAM"]).serialize()]
+        for n, data in enumerate(continuations):
+            flags = ["END_HEADERS"] if end and n == len(continuations) - 1 else []
+            frames.append(hyperframe.frame.ContinuationFrame(1, data, flags=flags).serialize())
+        return b"".join(frames)
+
+    def assertCalm(self, server: GracefulH2Connection, data: bytes, message: str) -> None:
+        with self.assertRaises(_h2.HeaderBlockFlood) as raised:
+            server.receive_data(data)
+        self.assertIn(message, str(raised.exception))
+        sent = server.data_to_send()
+        frame, length = hyperframe.frame.Frame.parse_frame_header(sent[:9])
+        frame.parse_body(memoryview(sent[9:9 + length]))
+        assert isinstance(frame, hyperframe.frame.GoAwayFrame)
+        self.assertEqual(frame.error_code, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def test_tooManyContinuations(self) -> None:
+        self.assertCalm(self.server(), self.block(b"", b"", b"", b""), "over 3 CONTINUATION frames")
+
+    def test_tooManyBytes(self) -> None:
+        self.assertCalm(self.server(), self.block(b"\x00" * 60, b"\x00" * 60), "over 100 bytes")
+
+    def test_blockWithinTheLimits(self) -> None:
+        events = self.server().receive_data(self.block(b"", b"", b"", end=True))
+        self.assertEqual([type(e) for e in events], [h2.events.RequestReceived, h2.events.StreamEnded])

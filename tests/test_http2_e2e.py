@@ -22,6 +22,7 @@ from tests.origin_server import pattern
 ORIGIN = Lab.origin_ip
 GOOD, TRAILERS = 443, 4450
 H2_TRAILERS = Path(__file__).resolve().parent / "h2_trailers.py"
+H2_RAPIDRESET = Path(__file__).resolve().parent / "h2_rapidreset.py"
 
 
 def build_lab() -> GatewayLab:
@@ -116,3 +117,21 @@ class HTTP2EndToEndTests(TestCase):
         self.assertEqual(result["body"], result["sent_sha256"])
         self.assertEqual(result["trailers"], {"grpc-status": "0", "x-request-trailer": result["sent_sha256"]})
         self.env.wait_for_log("POST grpc.test/pkg.Echo/Digest -> 200")
+
+    def test_rapidResetIsCut(self) -> None:
+        """CVE-2023-44487 through the real gateway: a client that opens and resets 5000 streams gets
+        GOAWAY(ENHANCE_YOUR_CALM), and the connection's audit line says why."""
+        done = self.env.lab.client.run(
+            [sys.executable, H2_RAPIDRESET, "--cafile", self.env.root, "--host", ORIGIN, "--port", str(GOOD),
+             "--sni", "origin.test", "--streams", "5000"],
+            check=False, timeout=120,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        result = json.loads(done.stdout)
+        self.assertEqual(result["alpn"], "h2")
+        self.assertIsNotNone(result["goaway"], result)
+        self.assertEqual(result["goaway"]["code"], "ENHANCE_YOUR_CALM")
+        self.assertLess(result["goaway"]["last_stream_id"], 2 * 5000, "the gateway took every stream")
+        line = self.env.wait_for_log("HTTP/2 rapid reset (CVE-2023-44487)")
+        self.assertIn("outcome=error", line)
+        self.assertIn("sni=origin.test", line)

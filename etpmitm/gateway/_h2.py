@@ -28,6 +28,12 @@ hpack logs each header it encodes or decodes at debug level, some 50 calls of
 lines the gateway never writes: it routes no stdlib logging anywhere.
 :class:`_NoDebugLines` stands in for ``hpack.hpack``'s logger and drops them.
 
+h2 gathers a header block (HEADERS, then CONTINUATIONs) in its frame buffer
+and gives up only after 64 frames, with PROTOCOL_ERROR.  :class:`CappedFrameBuffer`
+stops one earlier, at a count of frames or of bytes
+(:meth:`GracefulH2Connection.capHeaderBlocks`), with :class:`HeaderBlockFlood`:
+h2 answers it with GOAWAY(ENHANCE_YOUR_CALM), the error's code.
+
 ``tests/test_h2_internals.py`` checks that all of these still hold for the installed h2 and hpack.
 """
 
@@ -40,7 +46,9 @@ import h2.errors
 import h2.events
 import h2.settings
 import hpack.hpack
-from hyperframe.frame import Frame, GoAwayFrame
+import h2.exceptions
+import h2.frame_buffer
+from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame
 
 
 def _as_is(value: object) -> object:
@@ -77,10 +85,40 @@ class GracefulH2Connection(h2.connection.H2Connection):
         event.additional_data = frame.additional_data or None
         return [], [event]
 
+    def capHeaderBlocks(self, frames: int, size: int) -> None:
+        """Refuse a header block of more than ``frames`` CONTINUATIONs or ``size`` encoded bytes
+        (call before any data is received)."""
+        self.incoming_buffer = CappedFrameBuffer(server=not self.config.client_side, frames=frames, size=size)
+
     def compact(self) -> None:
         """Hold the local and remote settings' values in small lists (see the module's docstring)."""
         for settings in (self.local_settings, self.remote_settings):
             compact_settings(settings)
+
+
+class HeaderBlockFlood(h2.exceptions.ProtocolError):
+    """A header block over the limits of :class:`CappedFrameBuffer` (h2 sends GOAWAY with this code)."""
+
+    error_code = h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+
+class CappedFrameBuffer(h2.frame_buffer.FrameBuffer):
+    """h2's frame buffer, with a tighter bound on one header block's CONTINUATION frames and bytes."""
+
+    def __init__(self, server: bool, frames: int, size: int) -> None:
+        super().__init__(server=server)
+        self._maxFrames = frames
+        self._maxSize = size
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        pending = self._headers_buffer
+        if pending and isinstance(f, ContinuationFrame):
+            if len(pending) > self._maxFrames:  # the HEADERS frame, then more than the CONTINUATIONs allowed
+                raise HeaderBlockFlood(f"CONTINUATION flood: a header block of over {self._maxFrames} CONTINUATION frames")
+            size = len(f.data) + sum(len(frame.data) for frame in pending)
+            if size > self._maxSize:
+                raise HeaderBlockFlood(f"CONTINUATION flood: a header block of over {self._maxSize} bytes")
+        return super()._update_header_buffer(f)
 
 
 class _Values(list):  # type: ignore[type-arg]

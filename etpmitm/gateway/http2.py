@@ -19,6 +19,11 @@ its own HPACK state, settings and flow-control windows.
   stream is left.
 - **No push**: the origin is told ``ENABLE_PUSH = 0`` (a PUSH_PROMISE is then a
   protocol error), and the device is never pushed to.
+- **Abuse**: a device that floods resets, PINGs, SETTINGS, empty frames or
+  CONTINUATIONs gets GOAWAY(ENHANCE_YOUR_CALM) and the connection ends, the
+  flood in its audit (:mod:`etpmitm.h2abuse`, the limits of ``GatewaySettings.h2Limits``).
+  While the device does not read what the gateway sends it, the gateway stops
+  reading the device, so h2's automatic answers (ACKs) do not pile up.
 - **No QUIC**: ``h3`` alternatives leave Alt-Svc headers and ALTSVC frames
   (:mod:`etpmitm.altsvc`) while ``stripQuic()`` says so.
 """
@@ -40,8 +45,9 @@ from zope.interface import implementer
 
 from etpmitm.altsvc import strip_quic
 from etpmitm.blockpage import BlockResponse
-from etpmitm.gateway._h2 import GracefulH2Connection, goaway_frame
+from etpmitm.gateway._h2 import GracefulH2Connection, HeaderBlockFlood, goaway_frame
 from etpmitm.gateway.h2exchange import Exchange, Headers, Held, request_head, response_facts
+from etpmitm.h2abuse import FloodGuard, H2Limits
 from etpmitm.http import Judge, RequestHead, RequestRecord, RequestVerdict, allow_all
 from etpmitm.interfaces import ILayer, ILayerLink
 
@@ -73,8 +79,12 @@ def http2Layer(settings: GatewaySettings, record: ConnectionRecord, judge: Judge
     """The HTTP/2 layer for one connection (ALPN ``h2``); Alt-Svc follows the policy in force."""
     return HTTP2Layer(
         record.id, settings.clock, judge, stripQuic=lambda: settings.policy.current.strip_quic,
-        keepQuery=lambda: settings.policy.current.audit_query,
+        keepQuery=lambda: settings.policy.current.audit_query, limits=settings.h2Limits,
     )
+
+
+class _Calm(Exception):
+    """The device flooded the connection: stop handling its events (the layer has ended it)."""
 
 
 @implementer(ILayer)
@@ -82,10 +92,12 @@ class HTTP2Layer:
     """Terminates HTTP/2 from the device and speaks it anew to the origin."""
 
     name = "h2"
+    paced = True
+    """The link tells it when the device is not keeping up (:meth:`_deviceBackedUp`)."""
 
     def __init__(
         self, connection: str, clock: IReactorTime, judge: Judge = allow_all, stripQuic: Callable[[], bool] = lambda: True,
-        keepQuery: Callable[[], bool] = lambda: False,
+        keepQuery: Callable[[], bool] = lambda: False, *, limits: H2Limits | None = None,
     ) -> None:
         self._connectionId = connection
         self._keepQuery = keepQuery
@@ -94,6 +106,11 @@ class HTTP2Layer:
         self._stripQuic = stripQuic
         self._device = GracefulH2Connection(_config(client=False))
         self._origin = GracefulH2Connection(_config(client=True))
+        self._guard = FloodGuard(limits or H2Limits())
+        self._device.capHeaderBlocks(self._guard.limits.continuationFrames, self._guard.limits.headerBlockBytes)
+        self._headersPriority: object = None
+        """The PriorityUpdated that came inside the last request's HEADERS (not a PRIORITY frame)."""
+        self._devicePaused = False
         self._byDevice: dict[int, Exchange] = {}
         self._byOrigin: dict[int, Exchange] = {}
         self._waiting: deque[Exchange] = deque()
@@ -116,6 +133,8 @@ class HTTP2Layer:
             h2.events.WindowUpdated: self._deviceWindow,
             h2.events.RemoteSettingsChanged: self._deviceSettings,
             h2.events.ConnectionTerminated: self._deviceGoaway,
+            h2.events.PingReceived: self._devicePing,
+            h2.events.PriorityUpdated: self._devicePriority,
         }
         self._originEvents: dict[type[h2.events.Event], Callable[[Any], None]] = {
             h2.events.ResponseReceived: self._response,
@@ -156,15 +175,26 @@ class HTTP2Layer:
             return
         try:
             events = self._device.receive_data(data)
+        except HeaderBlockFlood as e:  # h2 has sent GOAWAY(ENHANCE_YOUR_CALM)
+            self._abandon(f"HTTP/2 {e}", E.ENHANCE_YOUR_CALM, failed=True, resetDevice=False)
+            return
         except h2.exceptions.ProtocolError as e:
             self._abandon(f"device broke HTTP/2: {e}", E.INTERNAL_ERROR, failed=True)
             return
         handlers = self._deviceEvents
-        for event in events:
-            handler = handlers.get(type(event))
-            if handler is not None:
-                handler(event)
+        try:
+            for event in events:
+                handler = handlers.get(type(event))
+                if handler is not None:
+                    handler(event)
+        except _Calm:
+            return
         self._afterEvents()
+        if not self._done and not self._devicePaused and self._link.whenDrained("device", self._deviceDrained):
+            # The device is not reading: read no more of it (each PING, SETTINGS or frame on a
+            # reset stream it sends is answered) until it catches up.
+            self._devicePaused = True
+            self._link.pauseReading("device")
 
     def originData(self, data: bytes) -> None:
         if self._done:
@@ -180,6 +210,11 @@ class HTTP2Layer:
             if handler is not None:
                 handler(event)
         self._afterEvents()
+
+    def _deviceDrained(self) -> None:
+        self._devicePaused = False
+        if not self._done:
+            self._link.resumeReading("device")
 
     def deviceEnded(self, clean: bool) -> None:
         """The device sends no more: requests it had not finished are cancelled, the rest go on."""
@@ -229,6 +264,7 @@ class HTTP2Layer:
         sid = event.stream_id
         head = request_head(headers)
         record = RequestRecord(self._connectionId, sid, "h2", head, self._clock.seconds(), log_query=self._keepQuery())
+        self._headersPriority = event.priority_updated
         exchange = Exchange(sid, record)
         exchange.up.ended = event.stream_ended is not None
         self._byDevice[sid] = exchange
@@ -254,6 +290,7 @@ class HTTP2Layer:
         sid, data = event.stream_id, event.data
         padding = event.flow_controlled_length - len(data)
         exchange = self._byDevice.get(sid)
+        self._countEmpty(event)
         if exchange is None or exchange.sink:
             self._device.acknowledge_received_data(event.flow_controlled_length, sid)
             if exchange is not None:
@@ -268,6 +305,11 @@ class HTTP2Layer:
             up.ended = True
         self._flushUp(exchange)
 
+    def _countEmpty(self, event: h2.events.DataReceived) -> None:
+        """A DATA frame with no data that does not end its stream makes no progress: count it."""
+        if not event.data and event.stream_ended is None:
+            self._flood(self._guard.emptyFrame(self._clock.seconds()))
+
     def _requestTrailers(self, event: h2.events.TrailersReceived) -> None:
         exchange = self._byDevice.get(event.stream_id)
         if exchange is not None:
@@ -280,6 +322,7 @@ class HTTP2Layer:
             self._flushUp(exchange)
 
     def _deviceReset(self, event: h2.events.StreamReset) -> None:
+        self._flood(self._guard.reset(self._clock.seconds()))
         exchange = self._byDevice.get(event.stream_id)
         if exchange is not None:
             code = event.error_code if event.error_code is not None else E.CANCEL
@@ -295,13 +338,28 @@ class HTTP2Layer:
             self._flushAll(down=True)
 
     def _deviceSettings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        self._flood(self._guard.settingsFrame(self._clock.seconds()))
         self._flushAll(down=True)
+
+    def _devicePing(self, event: h2.events.PingReceived) -> None:
+        self._flood(self._guard.ping(self._clock.seconds()))
+
+    def _devicePriority(self, event: h2.events.PriorityUpdated) -> None:
+        if event is not self._headersPriority:  # a PRIORITY frame of its own
+            self._flood(self._guard.emptyFrame(self._clock.seconds()))
+
+    def _flood(self, reason: str | None) -> None:
+        """End the connection if the guard says the device floods it (see :mod:`etpmitm.h2abuse`)."""
+        if reason is not None:
+            self._device.clear_outbound_data_buffer()  # h2's answers to the flood (ACKs) are not sent
+            self._abandon(reason, E.ENHANCE_YOUR_CALM, failed=True, resetDevice=False)
+            raise _Calm(reason)
 
     def _deviceGoaway(self, event: h2.events.ConnectionTerminated) -> None:
         """The device goes away: its streams in flight go on unless it says it failed."""
         code = event.error_code if event.error_code is not None else E.NO_ERROR
         if code != E.NO_ERROR:
-            self._abandon(f"device sent GOAWAY ({_name(code)})", E.CANCEL, failed=False, deviceWent=True)
+            self._abandon(f"device sent GOAWAY ({_name(code)})", E.CANCEL, failed=False, resetDevice=False)
             return
         self._goingAway("the device sent GOAWAY")
 
@@ -499,6 +557,8 @@ class HTTP2Layer:
         record = exchange.record
         if reason:
             record.reason = f"{record.reason}; {reason}" if record.reason else reason
+        else:
+            self._guard.completed(self._clock.seconds())
         if exchange.originId is not None:
             self._byOrigin.pop(exchange.originId, None)
             held = exchange.down.drop()
@@ -538,10 +598,11 @@ class HTTP2Layer:
             self._done = True
             self._link.close(self._ending)
 
-    def _abandon(self, reason: str, code: int, failed: bool, deviceWent: bool = False) -> None:
-        """End the connection now: every stream is reset, both sides get GOAWAY."""
+    def _abandon(self, reason: str, code: int, failed: bool, resetDevice: bool = True) -> None:
+        """End the connection now: every stream is reset (the device's only if ``resetDevice``: its
+        GOAWAY says they are over), both sides get GOAWAY."""
         for exchange in list(self._byDevice.values()):
-            if not deviceWent:
+            if resetDevice:
                 self._resetDevice(exchange, code)
             self._resetOrigin(exchange, E.CANCEL)
             self._finish(exchange, reason)

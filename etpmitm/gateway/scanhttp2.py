@@ -27,6 +27,7 @@ from etpmitm.gateway._h2 import GracefulH2Connection
 from etpmitm.gateway.h2exchange import Exchange, Headers, Held, response_facts
 from etpmitm.gateway.http2 import STREAM_WINDOW, HTTP2Layer, _flush, _withoutQuic
 from etpmitm.gateway.scanhold import HeldBody
+from etpmitm.h2abuse import H2Limits
 from etpmitm.http import Judge, allow_all
 from etpmitm.scanning import IContentScanner, Kind, ScanJob, ScanResult
 
@@ -68,9 +69,9 @@ class ScanningHTTP2Layer(HTTP2Layer):
 
     def __init__(
         self, connection: str, clock: IReactorTime, judge: Judge = allow_all, stripQuic: Callable[[], bool] = lambda: True,
-        keepQuery: Callable[[], bool] = lambda: False, *, scanner: IContentScanner,
+        keepQuery: Callable[[], bool] = lambda: False, *, scanner: IContentScanner, limits: H2Limits | None = None,
     ) -> None:
-        super().__init__(connection, clock, judge, stripQuic, keepQuery)
+        super().__init__(connection, clock, judge, stripQuic, keepQuery, limits=limits)
         self._scanner = scanner
         self._respmod = bool(scanner.scans("respmod"))
         self._reqmod = bool(scanner.scans("reqmod"))
@@ -105,6 +106,7 @@ class ScanningHTTP2Layer(HTTP2Layer):
         if hold is None:
             super()._requestData(event)
             return
+        self._countEmpty(event)
         hold.exchange.record.bytes_up += len(event.data)
         self._take(hold, event, self._device)
 
@@ -408,5 +410,5 @@ def scanningHTTP2Layer(settings: GatewaySettings, record: ConnectionRecord, judg
     """:func:`~.http2.http2Layer` with a content scanner."""
     return ScanningHTTP2Layer(
         record.id, settings.clock, judge, stripQuic=lambda: settings.policy.current.strip_quic,
-        keepQuery=lambda: settings.policy.current.audit_query, scanner=scanner,
+        keepQuery=lambda: settings.policy.current.audit_query, scanner=scanner, limits=settings.h2Limits,
     )

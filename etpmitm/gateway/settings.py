@@ -17,6 +17,7 @@ from etpmitm.gateway.origdst import Destination, LocalAddresses, transportDestin
 from etpmitm.gateway.origin import RELAY_BUFFER, OriginCertificates, OriginSessions
 from etpmitm.gateway.policyholder import PolicyHolder
 from etpmitm.gateway.scanners import ScannerHolder
+from etpmitm.h2abuse import H2Limits
 from etpmitm.http import Judge
 from etpmitm.interfaces import ILayer
 from etpmitm.lru import LRUCache
@@ -69,6 +70,9 @@ class GatewaySettings:
     """A fixed content scanner the HTTP layers hold messages for (tests); None: see ``scanners``."""
     scanners: ScannerHolder | None = None
     """The scanner of the policy's ``[icap]``, swapped on reload (the service sets it; it wins over ``scanner``)."""
+
+    h2Limits: H2Limits = attrs.Factory(H2Limits)
+    """What a device may do on an HTTP/2 connection before it is cut as a flood (:mod:`etpmitm.h2abuse`)."""
 
     def currentScanner(self) -> IContentScanner | None:
         """The scanner for a connection starting now (it keeps it); None: no scanning."""
