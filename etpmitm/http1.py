@@ -143,6 +143,14 @@ def _mirror(connection: h11.Connection, event: Any) -> None:
         if not any(name == b"connection" and b"keep-alive" in value.lower() for name, value in headers):
             headers.append((b"connection", b"close"))
         event = h11.Response(status_code=event.status_code, headers=headers, reason=event.reason)
+    elif isinstance(event, h11.Request) and event.http_version != b"1.1":
+        # Likewise an HTTP/1.0 request, towards the origin's parser: the device's
+        # side ends after this exchange (h11 keeps no HTTP/1.0 connection alive),
+        # so this one does too; HTTP/1.1 needs a Host, which HTTP/1.0 may lack.
+        headers = [*event.headers, (b"connection", b"close")]
+        if not any(name == b"host" for name, _ in event.headers):
+            headers.append((b"host", b"http-1.0.invalid"))
+        event = h11.Request(method=event.method, target=event.target, headers=headers)
     try:
         connection.send(event)
     except (KeyError, AttributeError) as e:

@@ -420,6 +420,41 @@ class FastPathTests(SynchronousTestCase):
             self.assertEqual(observed(fast, what, data), expected, (what, data))
 
 
+class HTTP10DeviceTests(SynchronousTestCase):
+    """HTTP/1.0 requests (ab, old clients, probes): forwarded as they came, one exchange a connection."""
+
+    def exchange(self, request: bytes, response: bytes, originCloses: bool = False) -> list[Action]:
+        observer = HTTP1Observer(judge)
+        out = observer.device(request) + observer.origin(response)
+        if originCloses:
+            out += observer.origin_ended()
+        self.assertFalse([a for a in out if isinstance(a, Close) and a.error], out)
+        self.assertEqual(to_origin(out), request)
+        self.assertEqual(to_device(out), response)
+        self.assertEqual(len(finished(out)), 1)
+        self.assertEqual(observer.mode, "done")
+        return out
+
+    def test_getEndsBothSidesAfterTheResponse(self) -> None:
+        out = self.exchange(b"GET /a HTTP/1.0\r\nHost: a\r\n\r\n", OK)
+        self.assertEqual([type(a) for a in out[-2:]], [EndOrigin, EndDevice])
+
+    def test_keepAliveAskedIsAnsweredByAClose(self) -> None:
+        """h11 keeps no HTTP/1.0 connection alive: the device gets the response, then the end."""
+        out = self.exchange(b"GET /a HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+        self.assertIsInstance(out[-1], EndDevice)
+
+    def test_noHostAndAnHTTP10Answer(self) -> None:
+        [began] = [a for a in self.exchange(b"GET / HTTP/1.0\r\n\r\n", b"HTTP/1.0 200 OK\r\n\r\nok", originCloses=True)
+                   if isinstance(a, Began)]
+        self.assertEqual((began.exchange.head.authority, began.exchange.status), ("", 200))
+
+    def test_postWithABodyAndHead(self) -> None:
+        self.exchange(b"POST /u HTTP/1.0\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc", OK)
+        self.exchange(b"HEAD /u HTTP/1.0\r\nHost: a\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+
+
 class HTTP10OriginTests(SynchronousTestCase):
     def test_anHTTP10ResponseDelimitedByClose(self) -> None:
         """openssl s_server -www answers HTTP/1.0 and closes: passed on as received."""

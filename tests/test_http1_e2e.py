@@ -124,6 +124,22 @@ class HTTP1EndToEndTests(TestCase):
         self.assertEqual(len(requests), 3, requests)
         self.assertIn("GET origin.test/info -> 200", requests[2])
 
+    def test_http10Clients(self) -> None:
+        """curl --http1.0, asking for keep-alive too: each request answered whole, one connection each."""
+        done = self.env.curl(
+            "--http1.0", "-H", "Connection: keep-alive", *self.resolve,
+            "-w", "%{http_code} %{num_connects} %{size_download}\\n", "-o", "/dev/null", "-o", "/dev/null",
+            "https://origin.test/bytes/1000?http10", "https://origin.test/bytes/2000?http10",
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.split(), ["200", "1", "1000", "200", "1", "2000"])
+        for size in (1000, 2000):
+            line = self.env.wait_for_log(f"GET origin.test/bytes/{size} -> 200 action=allow")
+            connection = re.search(r"request (\S+)/1 ", line)
+            assert connection is not None, line
+            event = self.env.wait_for_log(f" id={connection.group(1)} ")
+            self.assertIn(" action=intercept outcome=ok ", event)
+
     def test_bodyOfAResponseIsIntact(self) -> None:
         done = self.env.shell(f"curl -sS --http1.1 --cacert {self.env.root} {' '.join(self.resolve)} "
                               "https://origin.test/bytes/3000000 | sha256sum")
