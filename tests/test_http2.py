@@ -17,7 +17,7 @@ from hyperframe.frame import PushPromiseFrame
 
 from etpmitm.audit import ConnectionRecord
 from etpmitm.gateway._twisted import halfCloseableTLS
-from etpmitm.gateway.http2 import CONNECTION_WINDOW, STREAM_WINDOW, HTTP2Layer, http2Layer
+from etpmitm.gateway.http2 import CONNECTION_WINDOW, STOP_UPLOAD_DELAY, STREAM_WINDOW, HTTP2Layer, http2Layer
 from etpmitm.http import ALLOW, RequestHead, RequestVerdict
 from tests.corelab import CoreTestCase, _Client
 from tests.h2peers import H2Peer
@@ -262,7 +262,7 @@ class ResetTests(H2TestCase):
 
     def test_originResetAfterAFullResponseStopsTheUpload(self) -> None:
         """RFC 9113 8.1: an origin that answered in full and resets with NO_ERROR: the device gets the
-        whole response, then the same reset, and stops sending."""
+        whole response, then (STOP_UPLOAD_DELAY later, in a write of its own) the same reset."""
         device, origin = self.open()
         def early(sid: int, log: Any) -> None:
             origin.respond(sid, status=413, body=b"too large")
@@ -273,7 +273,53 @@ class ResetTests(H2TestCase):
         self.net.flush()
         self.assertEqual((device.streams[sid].header(b":status"), device.streams[sid].body), (b"413", b"too large"))
         self.assertTrue(device.streams[sid].ended)
+        self.assertIsNone(device.streams[sid].reset)
+        self.advance(STOP_UPLOAD_DELAY)
         self.assertEqual(device.streams[sid].reset, E.NO_ERROR)
+        self.finish(device)
+
+    def test_anUploadAnsweredEarlyFillsItsWindowAndNoMore(self) -> None:
+        """Until the reset, what the device sends on the answered stream is taken, and only the
+        connection's window comes back (after the reset): the stream's window bounds it."""
+        device, origin = self.open()
+        def early(sid: int, log: Any) -> None:
+            origin.respond(sid, status=413, body=b"too large")
+            origin.reset(sid, E.NO_ERROR)
+        origin.onHeaders = early
+        sid = device.request("/upload", method="POST", end=False)
+        device.send(sid, b"x" * (STREAM_WINDOW * 4), end=False)
+        self.net.flush()
+        self.assertEqual(device.streams[sid].header(b":status"), b"413")
+        self.assertEqual(device.conn.local_flow_control_window(sid), 0)  # it may send no more on it
+        self.advance(STOP_UPLOAD_DELAY)
+        self.assertEqual(device.streams[sid].reset, E.NO_ERROR)
+        # More such uploads than the connection's window holds: what each sent comes back to the
+        # connection, so a later upload still gets through whole.
+        for _ in range(CONNECTION_WINDOW // STREAM_WINDOW + 1):
+            more = device.request("/upload", method="POST", end=False)
+            device.send(more, b"x" * (STREAM_WINDOW * 2), end=False)
+            self.net.flush()
+            self.advance(STOP_UPLOAD_DELAY)
+            self.assertEqual(device.streams[more].reset, E.NO_ERROR)
+        origin.onHeaders = None
+        last = device.request("/echo", method="POST", body=pattern(300_000))
+        self.net.flush()
+        self.assertEqual((origin.streams[last].body, origin.streams[last].ended), (pattern(300_000), True))
+        self.assertEqual(self.layer.buffered(), 0)
+
+    def test_anUploadThatEndsBeforeTheResetIsNotReset(self) -> None:
+        device, origin = self.open()
+        def early(sid: int, log: Any) -> None:
+            origin.respond(sid, status=413, body=b"too large")
+            origin.reset(sid, E.NO_ERROR)
+        origin.onHeaders = early
+        sid = device.request("/upload", method="POST", end=False)
+        device.send(sid, b"x" * 1000, end=False)
+        self.net.flush()
+        device.send(sid, b"", end=True)
+        self.net.flush()
+        self.advance(STOP_UPLOAD_DELAY)
+        self.assertEqual((device.streams[sid].header(b":status"), device.streams[sid].reset), (b"413", None))
         self.finish(device)
 
 
@@ -408,6 +454,8 @@ class VerdictTests(H2TestCase):
         self.net.flush()
         self.assertEqual(device.streams[sid].header(b":status"), b"403")
         self.assertTrue(device.streams[sid].ended)
+        self.assertIsNone(device.streams[sid].reset)
+        self.advance(STOP_UPLOAD_DELAY)
         self.assertEqual(device.streams[sid].reset, E.NO_ERROR)
         self.assertEqual(origin.streams, {})
 

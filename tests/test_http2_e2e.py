@@ -34,7 +34,8 @@ def build_lab() -> GatewayLab:
         server = env.lab.origin.popen([sys.executable, H2_TRAILERS, "server", "--cert", cert_path, "--key", key_path,
                                        "--port", str(TRAILERS)])
         env.lab.origin.wait_for_port(TRAILERS, proc=server)
-        env.start_gateway()
+        env.policy.write_text('[[rule]]\nurls = ["origin.test/blocked-upload"]\naction = "block"\n')
+        env.start_gateway(f"--policy={env.policy}")
     except BaseException:
         env.close()
         raise
@@ -93,6 +94,20 @@ class HTTP2EndToEndTests(TestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(json.loads(done.stdout), {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()})
         self.env.wait_for_log("POST origin.test/echo -> 200")
+
+    def test_anUploadBlockedAtItsHeadersGetsTheBlockPage(self) -> None:
+        """curl (7.88 on Debian 12) uploads 3 MiB to a blocked URL: it gets the 403 page.  The gateway
+        answers at the request's headers and stops the upload later, in a write of its own: with the
+        reset in the same read as the page, that curl failed the transfer (error 92)."""
+        path = self.env.lab.workdir / "upload3.bin"
+        path.write_bytes(os.urandom(3 * 1024 * 1024))
+        done = self.env.curl("--http2", "--data-binary", f"@{path}", *self.resolve(), "-w", "\n%{http_code}",
+                             "https://origin.test/blocked-upload")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        body, _, status = done.stdout.rpartition("\n")
+        self.assertEqual(status, "403", body[:300])
+        self.assertIn("origin.test/blocked-upload", body)
+        self.env.wait_for_log("POST origin.test/blocked-upload -> 403 action=block")
 
     def test_download50MiB(self) -> None:
         size = 50 * 1024 * 1024

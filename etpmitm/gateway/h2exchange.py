@@ -81,6 +81,9 @@ class Exchange:
     """The request's body goes nowhere: the gateway answered, or the origin is gone."""
     answered: bool = False
     """The gateway answers this request itself (a block page)."""
+    sunk: int = 0
+    """Request body bytes dropped unacknowledged (the origin wanted no more of them); handed back
+    to the device's connection when the stream ends."""
     up: Held = attrs.Factory(Held)
     """The request body, for the origin."""
     down: Held = attrs.Factory(Held)

@@ -17,6 +17,11 @@ its own HPACK state, settings and flow-control windows.
   (:mod:`._h2`); streams the origin will not process are refused to the device
   with REFUSED_STREAM, so it retries them.  The connection closes once no
   stream is left.
+- **An upload answered early** (a 413, a block page) is stopped with
+  RST_STREAM(NO_ERROR) (RFC 9113 8.1) :data:`STOP_UPLOAD_DELAY` after the
+  response's end, not in the same write: curl 7.88 (Debian 12) fails such a
+  transfer with error 92 when it reads the response and the reset at once.
+  Meanwhile the device may fill that stream's window, and no more.
 - **No push**: the origin is told ``ENABLE_PUSH = 0`` (a PUSH_PROMISE is then a
   protocol error), and the device is never pushed to.
 - **Abuse**: a device that floods resets, PINGs, SETTINGS, empty frames or
@@ -39,7 +44,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -64,6 +69,8 @@ CONNECTION_WINDOW = 1024 * 1024
 MAX_CONCURRENT_STREAMS = 100
 """Streams a device may open at once (requests beyond the origin's own limit wait in the gateway)."""
 MAX_HEADER_LIST_SIZE = 64 * 1024
+STOP_UPLOAD_DELAY = 0.1
+"""Seconds from the end of an early answer to the RST_STREAM(NO_ERROR) that stops the upload."""
 
 
 def _config(client: bool) -> h2.config.H2Configuration:
@@ -124,6 +131,9 @@ class HTTP2Layer:
         self._ending: str | None = None
         """Why the connection ends as soon as no stream is left."""
         self._done = False
+        self._stopping: dict[int, tuple[IDelayedCall, list[int]]] = {}
+        """Device streams answered before their uploads ended: the reset to come, and the bytes
+        received since (their stream window is handed back only by the reset)."""
         self._deviceEvents: dict[type[h2.events.Event], Callable[[Any], None]] = {
             h2.events.RequestReceived: self._request,
             h2.events.DataReceived: self._requestData,
@@ -250,6 +260,10 @@ class HTTP2Layer:
 
     def closed(self) -> None:
         self._done = True
+        for call, _ in self._stopping.values():
+            if call.active():
+                call.cancel()
+        self._stopping.clear()
         for exchange in list(self._byDevice.values()):
             self._finish(exchange, "the connection closed")
 
@@ -291,6 +305,9 @@ class HTTP2Layer:
         padding = event.flow_controlled_length - len(data)
         exchange = self._byDevice.get(sid)
         self._countEmpty(event)
+        if exchange is None and sid in self._stopping:
+            self._stopping[sid][1].append(event.flow_controlled_length)
+            return
         if exchange is None or exchange.sink:
             self._device.acknowledge_received_data(event.flow_controlled_length, sid)
             if exchange is not None:
@@ -420,7 +437,7 @@ class HTTP2Layer:
         if code == E.NO_ERROR and exchange.down.ended:
             # RFC 9113 8.1: the response is complete and the origin wants no more of the request.
             exchange.sink = True
-            exchange.up.drop()
+            exchange.sunk += exchange.up.drop()
             self._flushDown(exchange)
             return
         self._resetDevice(exchange, code)
@@ -531,9 +548,26 @@ class HTTP2Layer:
             self._finish(exchange)
         elif exchange.sink:
             if not exchange.up.ended:  # RFC 9113 8.1: answered; the device may stop sending
-                self._resetDevice(exchange, E.NO_ERROR)
+                sid, sunk, exchange.sunk = exchange.deviceId, exchange.sunk, 0
+                self._stopping[sid] = (self._clock.callLater(STOP_UPLOAD_DELAY, self._stopUpload, sid), [sunk])
             self._resetOrigin(exchange, E.CANCEL)
             self._finish(exchange)
+
+    def _stopUpload(self, sid: int) -> None:
+        """Reset the device's upload on a stream that was answered (unless it ended meanwhile),
+        then hand back the connection's window for what it sent since."""
+        _, received = self._stopping.pop(sid)
+        if self._done:
+            return
+        stream = self._device.streams.get(sid)
+        if stream is not None and not stream.closed:
+            try:
+                self._device.reset_stream(sid, E.NO_ERROR)
+            except h2.exceptions.ProtocolError:
+                pass  # the connection is closing
+        if sum(received):  # the stream is closed: the connection's window only
+            self._device.acknowledge_received_data(sum(received), sid)
+        self._send()
 
     def _resetDevice(self, exchange: Exchange, code: int) -> None:
         try:
@@ -566,7 +600,8 @@ class HTTP2Layer:
                 self._origin.acknowledge_received_data(held, exchange.originId)
         elif exchange.request is not None:
             self._waiting.remove(exchange)
-        held = exchange.up.drop()
+        held = exchange.up.drop() + exchange.sunk
+        exchange.sunk = 0
         if held:
             self._device.acknowledge_received_data(held, exchange.deviceId)
         record.emit(self._clock.seconds())
