@@ -99,17 +99,17 @@ class HTTP1Layer:
         link = self._link
         # The device's bytes of this batch go in one write: a response's head
         # and the body that came with it become one TLS record, not two.
-        toDevice = b""
+        toDevice: list[bytes] = []
         for action in actions:
             if isinstance(action, ToOrigin):
                 link.toOrigin(action.data)
                 continue
             if isinstance(action, ToDevice):
-                toDevice += action.data
+                toDevice.append(action.data)
                 continue
             if toDevice and not isinstance(action, (Began, Responded, Finished)):
-                link.toDevice(toDevice)
-                toDevice = b""
+                link.toDevice(_joined(toDevice))
+                toDevice = []
             if isinstance(action, Began):
                 self._began(action.exchange)
             elif isinstance(action, Responded):
@@ -129,7 +129,7 @@ class HTTP1Layer:
                     link.fail(action.reason)
                 link.close(action.reason)
         if toDevice:
-            link.toDevice(toDevice)
+            link.toDevice(_joined(toDevice))
         self._flowControl()
 
     def _began(self, exchange: Exchange) -> None:
@@ -165,3 +165,7 @@ class HTTP1Layer:
         elif self._paused and not holding:
             self._paused = False
             self._link.resumeReading("device")
+
+
+def _joined(pieces: list[bytes]) -> bytes:
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
