@@ -191,6 +191,7 @@ class AuditLogService(Service):
         self._publisher.addObserver(self._observer)
         self._previous = signal.getsignal(signal.SIGUSR1)
         signal.signal(signal.SIGUSR1, self._onUSR1)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})  # blocked since start-up (etpmitm.service)
 
     def _onUSR1(self, signum: int, frame: FrameType | None) -> None:
         from twisted.internet import reactor

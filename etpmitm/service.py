@@ -149,7 +149,8 @@ class GatewayService(MultiService):
             reactor.callFromThread(self.reload)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGHUP, onHangup)
-        # A worker starts with SIGHUP blocked (etpmitm.workers): ready now.
+        # SIGHUP was blocked from start-up (makeService; a worker inherits it
+        # blocked, etpmitm.workers): one that came meanwhile is handled now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
@@ -182,6 +183,11 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     logtime.install()
+    # From here on sockets listen, but the services install their handlers only
+    # once the reactor runs: until then SIGHUP (systemctl reload) and, with
+    # --audit-log, SIGUSR1 (logrotate) would end the process, their default.
+    # They wait, blocked; the services that handle them unblock them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _earlySignals(options))
     passphrase = _passphrase(options)
     directory, ca = _certificateAuthority(options, passphrase)
     kind = cast(LeafKeyKind, options["leaf-key"])
@@ -263,6 +269,13 @@ def makeService(options: Options) -> IService:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     _logStart(options, directory, ca, bundle)
     return _withAuditLog(_withMetrics(top, metricsSetup), auditLog)
+
+
+def _earlySignals(options: Options) -> set[signal.Signals]:
+    """The signals held from start-up until their handlers are in (see :func:`makeService`)."""
+    if options["audit-log"] is not None and not options["worker-listen"]:
+        return {signal.SIGHUP, signal.SIGUSR1}
+    return {signal.SIGHUP}
 
 
 def _auditLog(options: Options) -> IAuditSink | None:

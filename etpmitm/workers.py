@@ -229,6 +229,7 @@ class WorkerPool(Service):
     def startService(self) -> None:
         super().startService()
         signal.signal(signal.SIGHUP, self._onHangup)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked since start-up (etpmitm.service)
         warning = migrationWarning()
         if warning is not None:
             log.warn("{warning}", warning=warning)

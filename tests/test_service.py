@@ -30,6 +30,28 @@ TWISTD = Path(sys.executable).parent / "twistd"
 ETPMITM = Path(sys.executable).parent / "etpmitm"
 
 
+# The service as twistd runs it, with a SIGHUP and a SIGUSR1 in the window between
+# privilegedStartService (from which the sockets listen) and startService (which
+# installs the handlers, once the reactor runs).
+EARLY_SIGNALS = """
+import os, signal, sys
+from twisted.internet import reactor
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from etpmitm.service import Options, makeService
+globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+options = Options()
+options.parseOptions(sys.argv[1:])
+service = makeService(options)
+service.privilegedStartService()
+os.kill(os.getpid(), signal.SIGHUP)
+os.kill(os.getpid(), signal.SIGUSR1)
+print("alive after SIGHUP and SIGUSR1", flush=True)
+reactor.callWhenRunning(service.startService)
+reactor.callLater(5, reactor.stop)
+reactor.run()
+"""
+
+
 class StartupTests(TestCase):
     def setUp(self) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="etpmitm-service-"))
@@ -201,6 +223,32 @@ class StartupTests(TestCase):
         for key in ("ca.key", "root.key", "leaf-ecdsa.key"):
             self.assertEqual(stat.S_IMODE((ca / key).stat().st_mode), 0o600, key)
         self.assertNotIn("PRIVATE KEY", text)
+
+    def signalledDuringStartUp(self, *args: str) -> tuple[Path, str]:
+        """Run :data:`EARLY_SIGNALS`; the policy file and the output."""
+        policy = self.work / "policy.toml"
+        policy.write_text("")
+        done = subprocess.run(
+            [sys.executable, "-c", EARLY_SIGNALS, "--ca-dir", str(self.ca()), "--policy", str(policy),
+             "--listen", "tcp:0:interface=127.0.0.1", "--audit-log", str(self.work / "audit.json"), *args],
+            cwd=self.work, env=self.env, capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        self.assertIn("alive after SIGHUP and SIGUSR1", done.stdout)
+        self.assertIn(f"reopened the audit log {self.work / 'audit.json'}", done.stdout)
+        return policy, done.stdout
+
+    def test_reloadAndReopenDuringStartUp(self) -> None:
+        """``systemctl reload`` or logrotate's SIGUSR1 right after the listening socket is up: the
+        gateway lives, and reloads once its handler is in (their default action ends a process)."""
+        policy, out = self.signalledDuringStartUp()
+        self.assertIn(f"policy reloaded from {policy}", out)
+
+    def test_reloadAndReopenDuringStartUpWithWorkers(self) -> None:
+        """The same for the master of --workers: its reload (the threat lists, then every worker
+        remaps them) runs once its handler is in."""
+        _, out = self.signalledDuringStartUp("--workers", "2")
+        self.assertEqual(out.count("threat lists remapped: none"), 2, out)
 
 
 class LearnedBetweenWorkersTests(SynchronousTestCase):
