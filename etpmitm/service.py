@@ -183,11 +183,6 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     logtime.install()
-    # From here on sockets listen, but the services install their handlers only
-    # once the reactor runs: until then SIGHUP (systemctl reload) and, with
-    # --audit-log, SIGUSR1 (logrotate) would end the process, their default.
-    # They wait, blocked; the services that handle them unblock them.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _earlySignals(options))
     passphrase = _passphrase(options)
     directory, ca = _certificateAuthority(options, passphrase)
     kind = cast(LeafKeyKind, options["leaf-key"])
@@ -207,6 +202,12 @@ def makeService(options: Options) -> IService:
     accepting: list[Callable[[], str | None]] = []
     metricsSetup = _metricsSetup(options, ca, leafKey, accepting)
     auditLog = _auditLog(options)
+    # The sockets listen from privilegedStartService, the handlers go in at
+    # startService, once the reactor runs: in between, SIGHUP (systemctl
+    # reload) and, with an audit log, SIGUSR1 (logrotate) would end the
+    # process, their default. They wait, blocked; the services that handle
+    # them unblock them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, *([signal.SIGUSR1] if auditLog is not None else [])})
 
     _logDescriptorLimit(options, *raise_nofile_limit())
 
@@ -269,13 +270,6 @@ def makeService(options: Options) -> IService:
             raise StartupError(f"bad --listen {description!r}: {e}") from None
     _logStart(options, directory, ca, bundle)
     return _withAuditLog(_withMetrics(top, metricsSetup), auditLog)
-
-
-def _earlySignals(options: Options) -> set[signal.Signals]:
-    """The signals held from start-up until their handlers are in (see :func:`makeService`)."""
-    if options["audit-log"] is not None and not options["worker-listen"]:
-        return {signal.SIGHUP, signal.SIGUSR1}
-    return {signal.SIGHUP}
 
 
 def _auditLog(options: Options) -> IAuditSink | None:
