@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import datetime
 import gc
 import json
 import statistics
@@ -37,69 +36,15 @@ import sys
 import time
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from etpmitm.tlsconfig import hardened_context  # noqa: E402
+from tests.memorytls import move, pair, self_signed_context  # noqa: E402
 
 MB = 1_000_000
 RECORD = 16384
-
-
-def _certificate() -> tuple[crypto.X509, crypto.PKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crypto.bench")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return crypto.X509.from_cryptography(cert), crypto.load_privatekey(crypto.FILETYPE_PEM, pem)
-
-
-def _pair(server_context: SSL.Context | None = None, client_context: SSL.Context | None = None,
-          ) -> tuple[SSL.Connection, SSL.Connection]:
-    """(server, client), handshaken over memory BIOs with the gateway's contexts."""
-    if server_context is None:
-        cert, key = _certificate()
-        server_context = hardened_context()
-        server_context.use_certificate(cert)
-        server_context.use_privatekey(key)
-    server = SSL.Connection(server_context, None)
-    server.set_accept_state()
-    client = SSL.Connection(client_context or hardened_context(), None)
-    client.set_connect_state()
-    for _ in range(10):
-        for a, b in ((client, server), (server, client)):
-            try:
-                a.do_handshake()
-            except SSL.WantReadError:
-                pass
-            _move(a, b)
-    _move(server, client)
-    try:  # the TLS 1.3 tickets the server sent after the handshake
-        client.recv(RECORD)
-    except SSL.WantReadError:
-        pass
-    return server, client
-
-
-def _move(source: SSL.Connection, sink: SSL.Connection) -> int:
-    moved = 0
-    while True:
-        try:
-            data = source.bio_read(2**20)
-        except SSL.WantReadError:
-            return moved
-        sink.bio_write(data)
-        moved += len(data)
 
 
 def _records(origin: SSL.Connection, megabytes: int) -> list[bytes]:
@@ -114,8 +59,8 @@ def _records(origin: SSL.Connection, megabytes: int) -> list[bytes]:
 
 def relay_once(megabytes: int) -> float:
     """CPU seconds per MB the gateway's two ends spend relaying about ``megabytes`` MB."""
-    origin, upstream = _pair()  # origin = server; upstream = the gateway's client end
-    downstream, device = _pair()  # downstream = the gateway's server end
+    origin, upstream = pair()  # origin = server; upstream = the gateway's client end
+    downstream, device = pair()  # downstream = the gateway's server end
     reads = _records(origin, megabytes)
     relayed = 0
     started = time.process_time()
@@ -153,10 +98,7 @@ def _malloced() -> int:
 
 def memory_floor(count: int = 500) -> dict[str, float]:
     """KiB malloc'd per bare SSL object, and per handshaken server and client end."""
-    cert, key = _certificate()
-    server_context = hardened_context()
-    server_context.use_certificate(cert)
-    server_context.use_privatekey(key)
+    server_context = self_signed_context()
     client_context = hardened_context()
     figures: dict[str, float] = {}
     gc.collect()
@@ -169,10 +111,10 @@ def memory_floor(count: int = 500) -> dict[str, float]:
         gc.collect()
         before = _malloced()
         for _ in range(count):
-            server, client = _pair(server_context, client_context)
+            server, client = pair(server_context, client_context)
             for a, b in ((client, server), (server, client)):
                 a.send(b"x" * 1024)
-                _move(a, b)
+                move(a, b)
                 b.recv(RECORD)
             kept.append(server if side == "server" else client)
             del server, client

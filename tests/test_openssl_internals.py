@@ -7,13 +7,7 @@ against what pyOpenSSL's public API does with the same bytes.
 
 from __future__ import annotations
 
-import datetime
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
 from etpmitm.gateway import _openssl
@@ -31,50 +25,7 @@ from etpmitm.gateway._openssl import (
     shed,
     takeOutgoing,
 )
-from etpmitm.tlsconfig import hardened_context
-
-
-def _serverContext() -> SSL.Context:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "memory.test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
-    )
-    context = hardened_context()
-    context.use_certificate(crypto.X509.from_cryptography(cert))
-    context.use_privatekey(crypto.PKey.from_cryptography_key(key))
-    return context
-
-
-def _move(source: SSL.Connection, sink: SSL.Connection) -> None:
-    while True:
-        try:
-            sink.bio_write(source.bio_read(2**20))
-        except SSL.WantReadError:
-            return
-
-
-def pair() -> tuple[SSL.Connection, SSL.Connection]:
-    """(server, client), handshaken, the server's tickets read by the client."""
-    server = SSL.Connection(_serverContext(), None)
-    server.set_accept_state()
-    client = SSL.Connection(hardened_context(), None)
-    client.set_connect_state()
-    for _ in range(6):
-        for a, b in ((client, server), (server, client)):
-            try:
-                a.do_handshake()
-            except SSL.WantReadError:
-                pass
-            _move(a, b)
-    try:
-        client.recv(RECORD)
-    except SSL.WantReadError:
-        pass
-    return server, client
+from tests.memorytls import move, pair
 
 
 class FencedNamesTests(SynchronousTestCase):
@@ -214,10 +165,10 @@ class ShedTests(SynchronousTestCase):
     def exchange(self) -> None:
         """Both directions still carry data, through the public API."""
         self.client.sendall(b"ping" * 5000)  # two records
-        _move(self.client, self.server)
+        move(self.client, self.server)
         self.assertEqual(decryptAvailable(self.server), (b"ping" * 5000, None))
         self.server.send(b"pong")
-        _move(self.server, self.client)
+        move(self.server, self.client)
         self.assertEqual(self.client.recv(RECORD), b"pong")
 
     def test_emptyBIOsAreReplaced(self) -> None:
