@@ -27,15 +27,7 @@ import attrs  # noqa: E402
 
 from etpmitm.gateway.inspect import inspectingLayer  # noqa: E402
 from tests.corelab import CoreTestCase  # noqa: E402
-
-REQUEST = b"GET /1k HTTP/1.1\r\nHost: origin.test\r\n\r\n"
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 30 Nov 2026 05:00:00 GMT\r\n"
-    b"Content-Type: application/octet-stream\r\nContent-Length: 1024\r\n"
-    b"Last-Modified: Mon, 30 Nov 2026 04:00:00 GMT\r\nConnection: keep-alive\r\n"
-    b'ETag: "abc-400"\r\nAccept-Ranges: bytes\r\n\r\n' + b"x" * 1024
-)
-
+from http1_cost import REQUEST, RESPONSE  # noqa: E402  (the same wrk GET and nginx answer)
 
 class _Gateway(CoreTestCase):
     def runTest(self) -> None:

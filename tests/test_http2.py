@@ -76,6 +76,14 @@ class H2TestCase(CoreTestCase):
         return self.assertDone("intercept", "ok")
 
 
+def answersEarly(origin: H2Peer) -> None:
+    """The origin answers 413 at a request's headers, then resets it with NO_ERROR (RFC 9113 8.1)."""
+    def early(sid: int, log: Any) -> None:
+        origin.respond(sid, status=413, body=b"too large")
+        origin.reset(sid, E.NO_ERROR)
+    origin.onHeaders = early
+
+
 def answerWith(origin: H2Peer, **responses: bytes) -> None:
     """The origin answers ``/name`` with ``responses[name]`` once each request has ended."""
     def onRequest(sid: int, log: Any) -> None:
@@ -264,10 +272,7 @@ class ResetTests(H2TestCase):
         """RFC 9113 8.1: an origin that answered in full and resets with NO_ERROR: the device gets the
         whole response, then (STOP_UPLOAD_DELAY later, in a write of its own) the same reset."""
         device, origin = self.open()
-        def early(sid: int, log: Any) -> None:
-            origin.respond(sid, status=413, body=b"too large")
-            origin.reset(sid, E.NO_ERROR)
-        origin.onHeaders = early
+        answersEarly(origin)
         sid = device.request("/upload", method="POST", end=False)
         device.send(sid, b"x" * 1000, end=False)
         self.net.flush()
@@ -282,10 +287,7 @@ class ResetTests(H2TestCase):
         """Until the reset, what the device sends on the answered stream is taken, and only the
         connection's window comes back (after the reset): the stream's window bounds it."""
         device, origin = self.open()
-        def early(sid: int, log: Any) -> None:
-            origin.respond(sid, status=413, body=b"too large")
-            origin.reset(sid, E.NO_ERROR)
-        origin.onHeaders = early
+        answersEarly(origin)
         sid = device.request("/upload", method="POST", end=False)
         device.send(sid, b"x" * (STREAM_WINDOW * 4), end=False)
         self.net.flush()
@@ -309,10 +311,7 @@ class ResetTests(H2TestCase):
 
     def test_anUploadThatEndsBeforeTheResetIsNotReset(self) -> None:
         device, origin = self.open()
-        def early(sid: int, log: Any) -> None:
-            origin.respond(sid, status=413, body=b"too large")
-            origin.reset(sid, E.NO_ERROR)
-        origin.onHeaders = early
+        answersEarly(origin)
         sid = device.request("/upload", method="POST", end=False)
         device.send(sid, b"x" * 1000, end=False)
         self.net.flush()

@@ -16,8 +16,6 @@ import h2.settings
 import hpack
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
-from etpmitm.audit import ConnectionRecord
-from etpmitm.gateway.http2 import HTTP2Layer, http2Layer
 from etpmitm.h2abuse import Budget, H2Limits
 from tests.h2peers import H2Peer
 from tests.test_http2 import H2TestCase
@@ -35,12 +33,6 @@ class FloodTestCase(H2TestCase):
     def setUp(self) -> None:
         super().setUp()
         self.settings = attrs.evolve(self.settings, h2Limits=self.limits)
-
-    def layerFor(self, record: ConnectionRecord, judge: Any = None) -> HTTP2Layer:
-        layer = http2Layer(self.settings, record, judge=self.judge)
-        assert isinstance(layer, HTTP2Layer)
-        self.layers.append(layer)
-        return layer
 
     def openWithOriginStreams(self, count: int = 3) -> tuple[H2Peer, H2Peer, list[int]]:
         """A device with ``count`` requests the origin holds unanswered."""
