@@ -23,7 +23,8 @@ from etpmitm.gateway._openssl import PIECE
 from etpmitm.gateway._twisted import HalfCloseableTLS, halfCloseableTLS
 from etpmitm.tlsconfig import hardened_context
 from tests.memnet import MemoryTCP, Net
-from tests.test_openssl_internals import CountingLib, _serverContext
+from tests.memorytls import self_signed_context
+from tests.test_openssl_internals import CountingLib
 
 
 @implementer(IHalfCloseableProtocol)
@@ -45,7 +46,7 @@ class Collect(Protocol):
 @implementer(IOpenSSLServerConnectionCreator)
 class ServerCreator:
     def __init__(self) -> None:
-        self.context = _serverContext()
+        self.context = self_signed_context()
 
     def serverConnectionForTLS(self, tls: object) -> SSL.Connection:
         return SSL.Connection(self.context, None)
